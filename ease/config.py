@@ -1,0 +1,149 @@
+"""Run configuration: every knob of one training run, validated on construction.
+
+A `RunConfig` fully determines a run's numbers (on CPU), so its canonical JSON form is
+hashed into the run's id: the same config finds its finished record.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ease.losses import SETTINGS, setting_weights, validate_weights
+
+# Thresholds the experiment document reports, and the default sweep: a 0.025 grid from 0 to 1
+# (it contains the document's thresholds, so one sweep serves both its tables and the curves).
+DOC_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)
+FINE_THRESHOLDS = tuple(round(i * 0.025, 3) for i in range(41))
+NORMS = ("post", "pre")
+VOCAB_SOURCES = ("train+valid", "train")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One (setting, alpha, seed) run. Defaults reproduce the experiment document's setup."""
+
+    setting: str = "A"  # "A", "B", or "custom" (then `weights` is required)
+    alpha: float | None = 0.7  # weight of the exit layer's loss in settings A and B
+    weights: dict[int, float] | None = None  # {layer: weight}, 1-indexed; derived for A and B
+    seed: int = 0
+    # model
+    n_layers: int = 3
+    dim: int = 64
+    n_heads: int = 4
+    norm: str = "post"  # "post" as in the original code, or "pre"
+    # data
+    corpus: str = "wikitext-2"  # "wikitext-2" or a folder holding train.txt and valid.txt
+    train_chars: int = 200_000
+    val_chars: int = 20_000
+    vocab_from: str = "train+valid"  # the original code built its vocabulary from both texts
+    seq_len: int = 64
+    batch_size: int = 32
+    shuffle: bool = False  # False: batches in corpus order every epoch, as the original code
+    # optimisation
+    lr: float = 1e-3
+    grad_clip: float = 1.0
+    max_epochs: int = 50
+    patience: int = 0  # 0: stop at the first epoch whose validation PPL is worse
+    # early exit
+    exit_layer: int = 1
+    threshold: float = 0.95
+    sweep_thresholds: tuple[float, ...] = field(default=FINE_THRESHOLDS)
+
+    def __post_init__(self) -> None:
+        def fail(msg: str) -> None:
+            raise ValueError(f"RunConfig: {msg}")
+
+        for name in ("seed", "n_layers", "dim", "n_heads", "train_chars", "val_chars", "seq_len",
+                     "batch_size", "max_epochs", "patience", "exit_layer"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                fail(f"{name} must be an integer, got {value!r}")
+        for name in ("n_layers", "dim", "n_heads", "seq_len", "batch_size", "max_epochs",
+                     "train_chars", "val_chars"):
+            if getattr(self, name) < 1:
+                fail(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.seed < 0 or self.patience < 0:
+            fail("seed and patience must be non-negative")
+        if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
+            fail(f"dim ({self.dim}) must split into n_heads ({self.n_heads}) heads of even size "
+                 "(rotary positions rotate pairs of channels)")
+        if not isinstance(self.shuffle, bool):
+            fail(f"shuffle must be true or false, got {self.shuffle!r}")
+        if self.norm not in NORMS:
+            fail(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.vocab_from not in VOCAB_SOURCES:
+            fail(f"vocab_from must be one of {VOCAB_SOURCES}, got {self.vocab_from!r}")
+        if not 1 <= self.exit_layer <= self.n_layers:
+            fail(f"exit_layer must be between 1 and n_layers={self.n_layers}, got {self.exit_layer}")
+        for name in ("lr", "grad_clip"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                fail(f"{name} must be a positive number, got {value!r}")
+        _check_threshold(self.threshold, "threshold")
+        sweep = tuple(float(t) for t in self.sweep_thresholds)
+        if not sweep:
+            fail("sweep_thresholds must not be empty")
+        for t in sweep:
+            _check_threshold(t, "sweep_thresholds entry")
+        object.__setattr__(self, "sweep_thresholds", tuple(sorted(set(sweep))))
+
+        if self.setting == "custom":
+            if self.weights is None:
+                fail('setting "custom" needs an explicit weights map, e.g. {1: 0.5, 3: 0.5}')
+            weights = validate_weights(self.weights, self.n_layers)
+        elif self.setting in SETTINGS:
+            if self.weights is not None:
+                fail(f'setting {self.setting!r} derives its weights from alpha; pass setting="custom" '
+                     "to give weights yourself")
+            weights = setting_weights(self.setting, self.alpha, self.n_layers)
+        else:
+            fail(f"unknown setting {self.setting!r}: use one of {sorted(SETTINGS)} or 'custom'")
+        object.__setattr__(self, "weights", weights)
+        if self.alpha is not None:
+            object.__setattr__(self, "alpha", float(self.alpha))
+
+    # --- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (weight keys become strings, tuples become lists)."""
+        d = dataclasses.asdict(self)
+        d["weights"] = {str(k): v for k, v in self.weights.items()}
+        d["sweep_thresholds"] = list(self.sweep_thresholds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"RunConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        d = dict(d)
+        if d.get("setting", "A") != "custom":
+            d.pop("weights", None)  # derived from setting and alpha; stored only for readers
+        if "sweep_thresholds" in d:
+            d["sweep_thresholds"] = tuple(d["sweep_thresholds"])
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        if "setting" in changes or "alpha" in changes:
+            changes.setdefault("weights", None if changes.get("setting", self.setting) != "custom" else self.weights)
+        elif self.setting != "custom":
+            changes.setdefault("weights", None)
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def run_id(self) -> str:
+        """Readable prefix plus a hash of the whole config."""
+        digest = hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        alpha = "" if self.alpha is None else f"-a{self.alpha:g}"
+        return f"{self.setting}{alpha}-L{self.n_layers}-s{self.seed}-{digest}"
+
+
+def _check_threshold(value: Any, what: str) -> None:
+    # Thresholds above 1 are allowed: they mean "never exit early" (max probability is at most 1).
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"RunConfig: {what} must be a finite number >= 0 (above 1 means no early exit), "
+                         f"got {value!r}")

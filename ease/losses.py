@@ -1,0 +1,74 @@
+"""Per-layer loss weights and the weighted multi-exit loss.
+
+Weights are a map {layer: weight}, layers 1-indexed. Setting A puts α on the exit layer (L1)
+and 1-α on the last layer with no loss in between; setting B adds weight 1.0 on every middle
+layer (deep supervision). Any other non-negative map is allowed.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+
+SETTINGS = {"A": 0.0, "B": 1.0}  # setting -> weight of each middle layer
+
+
+def setting_weights(setting: str, alpha: float | None, n_layers: int) -> dict[int, float]:
+    """Weights of a named setting: {1: α, middle: 0 (A) or 1 (B), n_layers: 1-α}."""
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}: use one of {sorted(SETTINGS)} or give a weight map")
+    if alpha is None or isinstance(alpha, bool) or not isinstance(alpha, (int, float)) \
+            or not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    if n_layers < 2:
+        raise ValueError(f"settings A and B need at least 2 layers (an exit layer and a last layer), got {n_layers}")
+    middle = SETTINGS[setting]
+    weights = {layer: middle for layer in range(2, n_layers)}
+    weights[1] = float(alpha)
+    weights[n_layers] = round(1.0 - float(alpha), 12)  # 1 - 0.7 prints as 0.3, not 0.30000000000000004
+    return validate_weights(weights, n_layers)
+
+
+def validate_weights(weights: Mapping, n_layers: int) -> dict[int, float]:
+    """Check a {layer: weight} map and return it with int keys and float values, sorted by layer."""
+    if not isinstance(weights, Mapping) or not weights:
+        raise ValueError(f"weights must be a non-empty map {{layer: weight}}, got {weights!r}")
+    clean: dict[int, float] = {}
+    for key, value in weights.items():
+        try:
+            layer = int(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"weight map key {key!r} is not a layer number") from None
+        if str(layer) != str(key).strip():
+            raise ValueError(f"weight map key {key!r} is not a whole layer number")
+        if not 1 <= layer <= n_layers:
+            raise ValueError(f"layer {layer} is out of range: layers are numbered 1..{n_layers}")
+        if layer in clean:
+            raise ValueError(f"layer {layer} appears twice in the weight map")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"weight of layer {layer} must be a finite number, got {value!r}")
+        if value < 0:
+            raise ValueError(f"weight of layer {layer} is negative ({value}); weights must be >= 0")
+        clean[layer] = float(value)
+    if not any(clean.values()):
+        raise ValueError("all loss weights are zero: at least one layer must carry a loss")
+    return dict(sorted(clean.items()))
+
+
+def trained_layers(weights: Mapping[int, float]) -> list[int]:
+    """Layers whose head takes part in training (weight > 0): only these cost a head matmul."""
+    return [layer for layer, w in sorted(weights.items()) if w > 0]
+
+
+def weighted_loss(logits: Mapping[int, torch.Tensor], targets: torch.Tensor,
+                  weights: Mapping[int, float]) -> torch.Tensor:
+    """Σ weight · CE(layer) over the layers with non-zero weight (mean CE over tokens)."""
+    flat_targets = targets.reshape(-1)
+    total = None
+    for layer in trained_layers(weights):
+        out = logits[layer]
+        ce = F.cross_entropy(out.reshape(-1, out.size(-1)), flat_targets)
+        total = weights[layer] * ce if total is None else total + weights[layer] * ce
+    return total

@@ -1,0 +1,130 @@
+"""A small causal transformer LM whose one shared output head can read any layer.
+
+Defaults follow the original experiment code: post-norm blocks
+(h = norm(h + attn(h)); h = norm(h + ffn(h))), RMSNorm, rotary positions, a SwiGLU FFN of
+4×dim, no biases, no extra norm before the head. `norm="pre"` gives pre-norm blocks with a
+final norm before the head instead.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    n_layers: int = 3
+    dim: int = 64
+    n_heads: int = 4
+    max_seq_len: int = 64
+    norm: str = "post"
+    ffn_mult: int = 4
+    norm_eps: float = 1e-6
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float = 10_000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape [seq_len, head_dim/2], computed once per model."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (first half, second half) of x [B, H, T, D] by position-dependent angles."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(B, T, C))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = cfg.ffn_mult * cfg.dim
+        self.gate_up = nn.Linear(cfg.dim, 2 * hidden, bias=False)  # gate and up projections in one matmul
+        self.down = nn.Linear(hidden, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.pre_norm = cfg.norm == "pre"
+        self.attn = Attention(cfg)
+        self.ffn = SwiGLU(cfg)
+        self.norm1 = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm2 = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        if self.pre_norm:
+            h = h + self.attn(self.norm1(h), cos, sin)
+            return h + self.ffn(self.norm2(h))
+        h = self.norm1(h + self.attn(h, cos, sin))
+        return self.norm2(h + self.ffn(h))
+
+
+class EarlyExitLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.norm not in ("post", "pre"):
+            raise ValueError(f"norm must be 'post' or 'pre', got {cfg.norm!r}")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        # Pre-norm hidden states are un-normalised, so that variant reads them through one shared final norm.
+        self.final_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps) if cfg.norm == "pre" else nn.Identity()
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)  # shared by every exit
+        cos, sin = rotary_tables(cfg.max_seq_len, cfg.dim // cfg.n_heads)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        std = 1.0 / math.sqrt(self.cfg.dim)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+        nn.init.normal_(self.embed.weight, std=0.02)
+
+    def forward(self, idx: torch.Tensor, layers: Iterable[int] | None = None) -> dict[int, torch.Tensor]:
+        """Logits {layer: [B, T, vocab]} for the requested layers (1-indexed; default: the last).
+
+        Blocks above the highest requested layer are not run, and the head is applied only to the
+        requested layers, so a layer nobody asks for costs no head matmul.
+        """
+        wanted = sorted(set(layers)) if layers is not None else [self.cfg.n_layers]
+        if not wanted or wanted[0] < 1 or wanted[-1] > self.cfg.n_layers:
+            raise ValueError(f"layers must be within 1..{self.cfg.n_layers}, got {wanted}")
+        T = idx.size(1)
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        h = self.embed(idx)
+        logits = {}
+        for layer, block in enumerate(self.blocks[:wanted[-1]], start=1):
+            h = block(h, cos, sin)
+            if layer in wanted:
+                logits[layer] = self.head(self.final_norm(h))
+        return logits

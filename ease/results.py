@@ -1,0 +1,116 @@
+"""Run records: one JSON file per run under <results>/runs/, written atomically.
+
+A record is {"run_id", "config", "metrics", "sweep", "history", "env", "timing"}. Records are
+written last, after the checkpoint, through a temporary file and a rename, so a record on disk
+always belongs to a finished run; an interrupted run leaves no record and is simply run again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ease.config import RunConfig
+
+
+def runs_dir(results_dir: str | Path) -> Path:
+    return Path(results_dir) / "runs"
+
+
+def record_path(results_dir: str | Path, run_id: str) -> Path:
+    return runs_dir(results_dir) / f"{run_id}.json"
+
+
+def checkpoint_path(results_dir: str | Path, run_id: str) -> Path:
+    return runs_dir(results_dir) / f"{run_id}.pt"
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call write(file_object) on a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode()))
+
+
+def read_record(path: str | Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"run record {path} is not valid JSON ({exc}); delete it to re-run that run") from exc
+
+
+def find_record(config: RunConfig, results_dir: str | Path) -> dict | None:
+    """The finished record of exactly this config, or None."""
+    path = record_path(results_dir, config.run_id)
+    if not path.exists():
+        return None
+    record = read_record(path)
+    if record.get("config") != _canonical(config.to_dict()):
+        raise ValueError(f"run record {path} holds a different config than its id says; delete it to re-run")
+    return record
+
+
+def _canonical(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+def record_files(results_dir: str | Path) -> list[Path]:
+    return sorted(runs_dir(results_dir).glob("*.json"))
+
+
+def load_records(results_dir: str | Path) -> list[dict]:
+    return [read_record(p) for p in record_files(results_dir)]
+
+
+def load_results(results_dir: str | Path = "results") -> pd.DataFrame:
+    """All records as one DataFrame: a row per run, config and metrics fields as columns.
+
+    The `weights` column holds a readable string such as "1:0.7 2:0 3:0.3"; `sweep` and
+    `history` stay as lists (see `load_sweeps` and `load_histories` for long tables).
+    """
+    rows = []
+    for record in load_records(results_dir):
+        config = dict(record["config"])
+        config["weights"] = " ".join(f"{k}:{v:g}" for k, v in config["weights"].items())
+        config["sweep_thresholds"] = len(config["sweep_thresholds"])
+        rows.append({"run_id": record["run_id"], **config, **record["metrics"],
+                     **{f"{k}": v for k, v in record["timing"].items()},
+                     "sweep": record["sweep"], "history": record["history"]})
+    return pd.DataFrame(rows)
+
+
+def _long(results_dir: str | Path, key: str) -> pd.DataFrame:
+    rows = []
+    for record in load_records(results_dir):
+        c = record["config"]
+        ident = {"run_id": record["run_id"], "setting": c["setting"], "alpha": c["alpha"], "seed": c["seed"],
+                 "n_layers": c["n_layers"]}
+        rows += [{**ident, **entry} for entry in record[key]]
+    return pd.DataFrame(rows)
+
+
+def load_sweeps(results_dir: str | Path = "results") -> pd.DataFrame:
+    """Every run's threshold sweep as a long table (one row per run and threshold)."""
+    return _long(results_dir, "sweep")
+
+
+def load_histories(results_dir: str | Path = "results") -> pd.DataFrame:
+    """Every run's per-epoch history as a long table (one row per run and epoch)."""
+    return _long(results_dir, "history")

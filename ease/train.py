@@ -1,0 +1,164 @@
+"""Training with early stopping, and `run`: train, evaluate, sweep and record one config."""
+from __future__ import annotations
+
+import copy
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ease.config import RunConfig
+from ease.data import CharCorpus, load_corpus, make_batches
+from ease.exits import collect_token_stats, summary, sweep
+from ease.losses import trained_layers, weighted_loss
+from ease.model import EarlyExitLM, ModelConfig
+from ease.results import atomic_write, checkpoint_path, find_record, record_path, write_json
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def pick_device(device: str = "cpu") -> torch.device:
+    """'cpu', 'cuda', or 'auto' (CUDA when available)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for, but CUDA is not available here; use 'cpu' or 'auto'")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+    return torch.device(device)
+
+
+def build_model(config: RunConfig, vocab_size: int) -> EarlyExitLM:
+    torch.manual_seed(config.seed)
+    return EarlyExitLM(ModelConfig(vocab_size=vocab_size, n_layers=config.n_layers, dim=config.dim,
+                                   n_heads=config.n_heads, max_seq_len=config.seq_len, norm=config.norm))
+
+
+@dataclass
+class TrainResult:
+    model: EarlyExitLM
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    train_s: float = 0.0  # the whole loop: training steps and the per-epoch evaluations
+    train_tokens: int = 0
+
+
+def train_model(config: RunConfig, corpus: CharCorpus, device: str = "cpu", progress: bool = True) -> TrainResult:
+    """AdamW with gradient clipping; evaluate each epoch; keep the best epoch's weights.
+
+    Early stopping watches the last layer's validation PPL: training stops once it has not
+    improved for more than `patience` epochs (patience 0: at the first worse epoch).
+    """
+    dev = pick_device(device)
+    model = build_model(config, corpus.vocab_size).to(dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_x, train_y = make_batches(corpus.train_ids, config.seq_len, config.batch_size)
+    val_x, val_y = make_batches(corpus.val_ids, config.seq_len, config.batch_size)
+    train_x, train_y = train_x.to(dev), train_y.to(dev)
+    layers = trained_layers(config.weights)
+    result = TrainResult(model)
+    best_ppl, best_state, since_best = float("inf"), None, 0
+    start = time.perf_counter()
+    bar = tqdm(range(1, config.max_epochs + 1), desc=config.run_id, unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        loss_sum = torch.zeros((), device=dev)
+        # batches in order, as the original code; `shuffle` permutes them each epoch instead
+        order = torch.randperm(len(train_x), generator=generator) if config.shuffle else torch.arange(len(train_x))
+        for i in order.tolist():
+            logits = model(train_x[i], layers=layers)
+            loss = weighted_loss(logits, train_y[i], config.weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            loss_sum += loss.detach()  # no per-step sync: summed on the device, read once per epoch
+        train_loss = loss_sum.item() / len(train_x)
+        if not torch.isfinite(torch.tensor(train_loss)):
+            raise NonFiniteLossError(f"{config.run_id}: training loss became {train_loss} in epoch {epoch}; "
+                                     "lower lr or check the loss weights")
+        result.train_tokens += train_x.numel()
+        stats = collect_token_stats(model, val_x, val_y, config.exit_layer, dev)
+        val = summary(stats, config.threshold)
+        result.history.append({"epoch": epoch, "train_loss": train_loss, "val_ppl": val["ppl"],
+                               "val_ppl_shallow": val["ppl_shallow"], "val_ppl_deep": val["ppl_deep"],
+                               "val_shallow_frac": val["shallow_frac"]})
+        bar.set_postfix(loss=f"{train_loss:.3f}", val_ppl_deep=f"{val['ppl_deep']:.2f}")
+        if val["ppl_deep"] < best_ppl:
+            best_ppl, since_best, result.best_epoch = val["ppl_deep"], 0, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            since_best += 1
+            if since_best > config.patience:
+                break
+    bar.close()
+    result.train_s = time.perf_counter() - start
+    model.load_state_dict(best_state)
+    return result
+
+
+def environment(device: torch.device) -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "device": str(device), "threads": torch.get_num_threads()}
+
+
+def run(config: RunConfig, results_dir: str | Path = "results", device: str = "cpu", num_threads: int | None = 1,
+        retrain: bool = False, progress: bool = True) -> dict:
+    """Train, evaluate and sweep one config; write its checkpoint and record; return the record.
+
+    A finished record of the same config is returned as it is (no retraining) unless `retrain`.
+    `num_threads=1` by default: float sums can depend on the thread count, and one thread per run
+    is also what the pipeline gives each worker. None leaves torch's setting alone.
+    """
+    if not isinstance(config, RunConfig):
+        raise TypeError(f"run() needs a RunConfig, got {type(config).__name__}")
+    if not retrain and (record := find_record(config, results_dir)) is not None:
+        return record
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    corpus = load_corpus(config.corpus, config.train_chars, config.val_chars, config.vocab_from)
+    trained = train_model(config, corpus, device, progress)
+    dev = next(trained.model.parameters()).device
+
+    start = time.perf_counter()
+    val_x, val_y = make_batches(corpus.val_ids, config.seq_len, config.batch_size)
+    stats = collect_token_stats(trained.model, val_x, val_y, config.exit_layer, dev)
+    metrics = summary(stats, config.threshold)
+    sweep_rows = sweep(stats, config.sweep_thresholds)
+    eval_s = time.perf_counter() - start
+
+    metrics.update(best_epoch=trained.best_epoch, epochs_run=len(trained.history), eval_tokens=len(stats))
+    record = {
+        "run_id": config.run_id,
+        "config": config.to_dict(),
+        "metrics": metrics,
+        "sweep": sweep_rows,
+        "history": trained.history,
+        "env": environment(dev),
+        "timing": {"train_s": trained.train_s, "eval_s": eval_s,
+                   "tokens_per_s": trained.train_tokens / trained.train_s},
+    }
+    # Checkpoint first, record last: a record on disk means the whole run finished.
+    state = {"config": config.to_dict(), "vocab": corpus.vocab,
+             "model": {k: v.cpu() for k, v in trained.model.state_dict().items()}}
+    atomic_write(checkpoint_path(results_dir, config.run_id), lambda f: torch.save(state, f))
+    write_json(record_path(results_dir, config.run_id), record)
+    return record
+
+
+def load_checkpoint(results_dir: str | Path, config: RunConfig) -> tuple[EarlyExitLM, list[str]]:
+    """The trained model and vocabulary of a finished run."""
+    path = checkpoint_path(results_dir, config.run_id)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint {path}: records are committed without checkpoints. Rebuild it "
+                                f"with ease.run(config, {str(results_dir)!r}, retrain=True) (deterministic on CPU)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(config, len(state["vocab"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), state["vocab"]

@@ -1,0 +1,57 @@
+# Two commands do everything on a fresh machine:
+#   make book   set up, run the runs the book needs (skipping finished ones), build the HTML
+#   make test   set up, run every test (unit, pipeline, notebooks, book build, browser)
+# Data: set EASE_DATA_DIR to a WikiText-2 folder (train.txt, valid.txt, test.txt) when offline;
+# otherwise the Hugging Face hub is used.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+RESULTS ?= results
+# Debian packages: a CJK font for Japanese pages and figures, Chromium for the browser test.
+APT_PACKAGES := fonts-noto-cjk chromium
+
+.PHONY: book test reproduce setup system-deps bench smoke clean
+
+book: setup
+	$(PY) -m ease.pipeline --grid exp5-6 --results $(RESULTS)
+	$(PY) book/build.py --results $(RESULTS)
+
+test: setup
+	$(PY) -m pytest
+
+# Discard the canonical records and re-run every run from scratch, then rebuild the book.
+reproduce: setup
+	rm -rf $(RESULTS)/runs $(RESULTS)/executed
+	$(MAKE) book
+
+# A tiny grid (seconds per run) to try the pipeline end to end.
+smoke: setup
+	$(PY) -m ease.pipeline --grid exp5-6 --smoke --results $(RESULTS)/smoke
+
+bench: setup
+	$(PY) benchmarks/bench_train.py
+
+setup: $(VENV)/.installed system-deps
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# Installs the Debian packages where we can (root with apt-get); elsewhere says what is missing.
+system-deps:
+	@missing=""; \
+	fc-list 2>/dev/null | grep -qi "Noto Sans CJK" || missing="$$missing fonts-noto-cjk"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+		echo "note: please install$$missing (Japanese figures need a CJK font; the browser test is skipped without chromium)"; \
+	fi
+
+clean:
+	rm -rf _build .pytest_cache

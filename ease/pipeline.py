@@ -1,0 +1,457 @@
+"""Run a grid of configs through the training notebook, in parallel, resumably.
+
+Usage::
+
+    python -m ease.pipeline [--grid NAME_OR_PATH] [--seeds N] [--smoke] [--results DIR]
+                            [--scheduler ADDRESS] [--workers N] [--device DEV] [--dry-run]
+
+Each run executes ``notebooks/train_run.py`` (read with jupytext, parameters injected by
+papermill); the executed notebook is kept at ``DIR/executed/<run_id>.ipynb`` and the run's
+record and checkpoint land in ``DIR/runs/`` (``ease.run`` writes them). A run whose record
+already exists is skipped, so an interrupted pipeline resumes where it stopped; a failed run
+is reported with its executed notebook and the others still finish. The exit status is 0
+only if no run failed.
+
+Runs are scheduled on Dask distributed: by default on a local cluster of one single-threaded
+worker process per CPU core (``--workers`` to change), with no dashboard; ``--scheduler
+tcp://host:8786`` sends them to an existing cluster instead (its workers need ``ease``
+installed, the data reachable, e.g. through ``EASE_DATA_DIR``, and the results folder on a
+shared file system).
+
+Grids
+-----
+``--grid`` takes a builtin name (``exp5-6``, the default: the document's Experiments 5 and 6)
+or a YAML/JSON file such as ``examples/grid.yaml``::
+
+    description: any text            # optional
+    seeds: 3                         # optional: seeds 0..N-1, or an explicit list [0, 4]; default 3
+    base:                            # optional: RunConfig fields shared by every run
+      max_epochs: 30
+    runs:                            # required: one entry per group of runs
+      - {setting: A, alpha: [0.3, 0.5, 0.7]}           # a list means "each of these": 3 configs
+      - {setting: B, alpha: 0.7, norm: [post, pre]}    # several lists: their product, 2 configs
+      - {setting: custom, alpha: null, weights: {1: 0.5, 3: 0.5}}
+
+Keys of ``base`` and of each entry are ``RunConfig`` fields (an entry overrides ``base``);
+``seed`` is not one of them, since ``seeds`` sets it. Every config runs once per seed; runs
+are ordered seed by seed (all of seed 0 first), so a stopped grid has whole seeds done, and a
+config listed twice runs once. ``sweep_thresholds`` takes a list of numbers as its value; to
+expand it give a list of such lists. ``--seeds N`` overrides the file's seeds, and ``--smoke``
+replaces the sizes with the tiny ``SMOKE`` set and writes to ``results/smoke`` unless
+``--results`` is given. Every entry is checked before anything runs; a bad one is an error
+naming the entry.
+
+Relative paths in configs (a ``corpus`` folder) are read from the folder the pipeline was
+started in.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+from ease.config import DOC_THRESHOLDS, RunConfig
+from ease.results import find_record, runs_dir
+
+# The tiny sizes of a smoke run (tests, nbval, `--smoke`); defined once, here.
+SMOKE = {"train_chars": 20_000, "val_chars": 5_000, "max_epochs": 1}
+DEFAULT_RESULTS = "results"
+SMOKE_RESULTS = "results/smoke"
+SMOKE_ENV = "EASE_SMOKE"
+DEFAULT_SEEDS = 3
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+TRAIN_NOTEBOOK = NOTEBOOKS_DIR / "train_run.py"
+
+BUILTIN_GRIDS: dict[str, dict] = {
+    "exp5-6": {
+        "description": "Experiment 5: setting A at alpha 0.3, 0.5, 0.7. Experiment 6: setting B at alpha 0.7, "
+                       "compared with A at 0.7. Every run sweeps thresholds (the default fine grid holds the "
+                       "document's 0.5, 0.7, 0.8, 0.9, 0.95).",
+        "seeds": DEFAULT_SEEDS,
+        "runs": [{"setting": "A", "alpha": [0.3, 0.5, 0.7]},
+                 {"setting": "B", "alpha": 0.7}],
+    },
+}
+GRID_KEYS = {"description", "seeds", "base", "runs"}
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
+
+
+class GridError(ValueError):
+    """A grid (builtin or file) is malformed or holds an invalid config."""
+
+
+# --- configs -------------------------------------------------------------------------------
+def make_config(fields: dict[str, Any]) -> RunConfig:
+    """A RunConfig from field values, naming unknown fields (unlike RunConfig(**fields)'s TypeError)."""
+    unknown = sorted(set(fields) - set(CONFIG_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown RunConfig field(s) {unknown}; known fields are {sorted(CONFIG_FIELDS)}")
+    try:
+        return RunConfig(**fields)
+    except TypeError as exc:  # e.g. sweep_thresholds that is not a list
+        raise ValueError(f"RunConfig: {exc}") from None
+
+
+def smoke_config(config: RunConfig) -> RunConfig:
+    """The same config at smoke size."""
+    return config.replace(**SMOKE)
+
+
+# --- grids ---------------------------------------------------------------------------------
+def load_grid(name_or_path: str | Path) -> dict:
+    """A builtin grid by name, or a grid read from a .yaml/.yml/.json file."""
+    if str(name_or_path) in BUILTIN_GRIDS:
+        return BUILTIN_GRIDS[str(name_or_path)]
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise GridError(f"grid {str(name_or_path)!r} is neither a builtin grid ({', '.join(BUILTIN_GRIDS)}) "
+                        "nor an existing .yaml/.json file")
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml"):
+        raise GridError(f"grid file {path} must end in .yaml, .yml or .json")
+    text = path.read_text(encoding="utf-8")
+    try:
+        grid = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise GridError(f"grid file {path} could not be parsed: {exc}") from None
+    return grid
+
+
+def _grid_seeds(value: Any) -> list[int]:
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if is_int(value):
+        if value < 1:
+            raise GridError(f"seeds must be at least 1, got {value}")
+        return list(range(value))
+    if isinstance(value, list) and value and all(is_int(v) and v >= 0 for v in value):
+        if len(set(value)) != len(value):
+            raise GridError(f"seeds list {value} repeats a seed")
+        return list(value)
+    raise GridError(f"seeds must be a count >= 1 or a non-empty list of seeds >= 0, got {value!r}")
+
+
+def _expand_entry(fields: dict[str, Any]) -> list[dict[str, Any]]:
+    """The product of an entry's list values (a list of numbers for sweep_thresholds is one value)."""
+    choices = {}
+    for key, value in fields.items():
+        is_choice = isinstance(value, list)
+        if key == "sweep_thresholds":
+            is_choice = isinstance(value, list) and bool(value) and all(isinstance(v, list) for v in value)
+        if is_choice and not value:
+            raise GridError(f"{key} is an empty list, which expands to no runs")
+        choices[key] = value if is_choice else [value]
+    return [dict(zip(choices, combo)) for combo in itertools.product(*choices.values())]
+
+
+def expand_grid(grid: dict, seeds: int | None = None, smoke: bool = False) -> list[RunConfig]:
+    """Every config of a grid, validated, duplicates dropped, ordered seed by seed.
+
+    `seeds` (a count) overrides the grid's own; `smoke` shrinks every run to the `SMOKE` sizes.
+    Raises GridError naming the first bad entry; nothing is run here.
+    """
+    if not isinstance(grid, dict):
+        raise GridError(f"a grid must be a mapping with a 'runs' list, got {type(grid).__name__}")
+    unknown = sorted(set(grid) - GRID_KEYS)
+    if unknown:
+        raise GridError(f"unknown grid key(s) {unknown}; a grid has {sorted(GRID_KEYS)}")
+    seed_list = _grid_seeds(grid.get("seeds", DEFAULT_SEEDS) if seeds is None else seeds)
+    base = grid.get("base") or {}
+    if not isinstance(base, dict):
+        raise GridError(f"grid 'base' must be a mapping of RunConfig fields, got {base!r}")
+    entries = grid.get("runs")
+    if not isinstance(entries, list) or not entries:
+        raise GridError("grid 'runs' must be a non-empty list of entries (mappings of RunConfig fields)")
+
+    per_entry: list[list[dict[str, Any]]] = []
+    for number, entry in enumerate(entries, start=1):
+        where = f"grid entry {number} {entry!r}"
+        if not isinstance(entry, dict):
+            raise GridError(f"{where}: an entry must be a mapping of RunConfig fields")
+        fields = {**base, **entry}
+        if "seed" in fields:
+            raise GridError(f"{where}: 'seed' is set by the grid's 'seeds', not per entry")
+        try:
+            combos = _expand_entry(fields)
+            for combo in combos:  # validate every combination now, before anything runs
+                config = make_config({**combo, "seed": seed_list[0]})
+                if smoke:
+                    smoke_config(config)
+        except (GridError, ValueError) as exc:
+            raise GridError(f"{where}: {exc}") from None
+        per_entry.append(combos)
+
+    configs: dict[str, RunConfig] = {}
+    for seed in seed_list:
+        for combos in per_entry:
+            for combo in combos:
+                config = make_config({**combo, "seed": seed})
+                if smoke:
+                    config = smoke_config(config)
+                configs.setdefault(config.run_id, config)
+    return list(configs.values())
+
+
+# --- running -------------------------------------------------------------------------------
+def executed_path(results_dir: str | Path, run_id: str) -> Path:
+    return Path(results_dir) / "executed" / f"{run_id}.ipynb"
+
+
+def notebook_parameters(config: RunConfig, results_dir: str | Path, device: str = "cpu") -> dict[str, Any]:
+    """The papermill parameters that make train_run.py run exactly `config`."""
+    params = config.to_dict()
+    if config.setting != "custom":
+        params["weights"] = None  # derived from setting and alpha inside RunConfig
+    return {**params, "results_dir": str(results_dir), "device": device, "smoke": False}
+
+
+def execute_run(config_dict: dict, results_dir: str, notebook_json: str, cwd: str | None,
+                device: str = "cpu") -> dict:
+    """Run one config through the notebook (on a Dask worker); never raises, reports instead."""
+    import nbformat
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    config = RunConfig.from_dict(config_dict)
+    out = executed_path(results_dir, config.run_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"run_id": config.run_id, "notebook": str(out)}
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            nbformat.reads(notebook_json, as_version=4), str(out),
+            parameters=notebook_parameters(config, results_dir, device), kernel_name="python3",
+            progress_bar=False, cwd=cwd if cwd and Path(cwd).is_dir() else None)
+        if find_record(config, results_dir) is None:
+            raise RuntimeError(f"the notebook finished but wrote no record for {config.run_id}; "
+                               "do its parameters still cover every RunConfig field?")
+        result.update(status="done")
+    except PapermillExecutionError as exc:
+        result.update(status="failed", error=f"{exc.ename}: {exc.evalue}")
+    except Exception as exc:  # kernel died, notebook unreadable, ...: reported, the grid goes on
+        result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+@dataclass
+class GridSummary:
+    done: list[dict] = field(default_factory=list)  # {run_id, notebook, seconds}
+    skipped: list[str] = field(default_factory=list)  # run ids whose record already existed
+    failed: list[dict] = field(default_factory=list)  # {run_id, notebook, error}
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def report(self) -> str:
+        lines = [f"{len(self.done)} done, {len(self.skipped)} skipped (already finished), {len(self.failed)} failed"]
+        for run in self.failed:
+            lines.append(f"FAILED {run['run_id']}: {run['error']}")
+            if run.get("notebook"):
+                lines.append(f"       executed notebook: {run['notebook']}")
+        return "\n".join(lines)
+
+
+def default_workers() -> int:
+    """One worker per CPU core this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def run_grid(configs: Sequence[RunConfig], results_dir: str | Path = DEFAULT_RESULTS, scheduler: str | None = None,
+             workers: int | None = None, device: str = "cpu", notebook: str | Path = TRAIN_NOTEBOOK,
+             progress: bool = True) -> GridSummary:
+    """Run every config not finished yet through `notebook` on Dask; return what happened.
+
+    `scheduler`: address of an existing Dask scheduler; None starts a local cluster of `workers`
+    single-threaded worker processes (default: one per core), closed when the grid is done.
+    """
+    import jupytext
+    import nbformat
+    from distributed import Client, LocalCluster, as_completed
+    from tqdm.auto import tqdm
+
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
+    if scheduler and workers is not None:
+        raise ValueError("workers sizes the local cluster only; an existing scheduler brings its own workers")
+    results_dir = Path(results_dir).resolve()  # absolute: workers may run elsewhere
+    summary = GridSummary()
+    todo = []
+    for config in configs:
+        try:
+            finished = find_record(config, results_dir) is not None
+        except ValueError as exc:  # a record that does not match its id: say so, do not overwrite it
+            summary.failed.append({"run_id": config.run_id, "notebook": None, "error": str(exc)})
+            continue
+        (summary.skipped.append(config.run_id) if finished else todo.append(config))
+
+    bar = tqdm(total=len(configs), desc="grid", unit="run", disable=not progress)
+    bar.update(len(configs) - len(todo))
+    if todo:
+        notebook_json = nbformat.writes(jupytext.read(notebook))
+        cwd = os.getcwd()
+        if scheduler:
+            cluster, client = None, Client(scheduler)
+        else:
+            n = min(workers or default_workers(), len(todo))
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+            client = Client(cluster)
+        try:
+            futures = {client.submit(execute_run, config.to_dict(), str(results_dir), notebook_json, cwd, device,
+                                      key=f"ease-run-{config.run_id}-{time.time_ns()}", pure=False): config
+                       for config in todo}
+            for future in as_completed(futures):
+                config = futures[future]
+                try:
+                    result = future.result()
+                except Exception as exc:  # the worker itself died
+                    result = {"run_id": config.run_id, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                              "notebook": str(executed_path(results_dir, config.run_id))}
+                status = result.pop("status")
+                (summary.done if status == "done" else summary.failed).append(result)
+                bar.update(1)
+                bar.set_postfix(done=len(summary.done), failed=len(summary.failed))
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    bar.close()
+    return summary
+
+
+# --- command line --------------------------------------------------------------------------
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ease.pipeline", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", default="exp5-6",
+                        help=f"builtin grid ({', '.join(BUILTIN_GRIDS)}) or a .yaml/.json grid file (default exp5-6)")
+    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 for every config (default: the grid's, else 3)")
+    parser.add_argument("--smoke", action="store_true", help=f"tiny runs ({SMOKE}) into {SMOKE_RESULTS}")
+    parser.add_argument("--results", help=f"results folder (default {DEFAULT_RESULTS}, or {SMOKE_RESULTS} with --smoke)")
+    parser.add_argument("--scheduler", help="address of an existing Dask scheduler (default: a local cluster)")
+    parser.add_argument("--workers", type=int, help="local cluster size (default: one per CPU core)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and whether each is finished; run nothing")
+    args = parser.parse_args(None if argv is None else list(argv))
+
+    results = args.results or (SMOKE_RESULTS if args.smoke else DEFAULT_RESULTS)
+    try:
+        configs = expand_grid(load_grid(args.grid), seeds=args.seeds, smoke=args.smoke)
+    except GridError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.scheduler and args.workers is not None:
+        print("error: --workers sizes the local cluster; it cannot be combined with --scheduler", file=sys.stderr)
+        return 2
+    if args.workers is not None and args.workers < 1:
+        print(f"error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
+
+    print(f"grid {args.grid}: {len(configs)} runs, results in {Path(results).resolve()}")
+    if args.dry_run:
+        for config in configs:
+            try:
+                state = "finished" if find_record(config, results) else "to run"
+            except ValueError as exc:
+                state = f"bad record: {exc}"
+            print(f"  {config.run_id}  {state}")
+        return 0
+    summary = run_grid(configs, results, scheduler=args.scheduler, workers=args.workers, device=args.device)
+    print(summary.report())
+    return 0 if summary.ok else 1
+
+
+# --- helpers the notebooks share -------------------------------------------------------------
+def notebook_config(fields: dict[str, Any], smoke: bool | None = None,
+                    results_dir: str | Path | None = None) -> tuple[RunConfig, Path, bool]:
+    """The config, results folder and smoke flag a notebook's parameters describe.
+
+    `sweep_thresholds=None` means RunConfig's default sweep. `smoke=None` reads the environment
+    variable EASE_SMOKE ("1": smoke), so nbval runs the notebooks small without edits. With
+    smoke, sizes become `SMOKE` and the results folder, unless given, `SMOKE_RESULTS`.
+    """
+    if smoke is None:
+        smoke = os.environ.get(SMOKE_ENV) == "1"
+    fields = dict(fields)
+    if fields.get("sweep_thresholds") is None:
+        fields.pop("sweep_thresholds", None)
+    config = make_config(fields)
+    if smoke:
+        config = smoke_config(config)
+    return config, Path(results_dir or (SMOKE_RESULTS if smoke else DEFAULT_RESULTS)), smoke
+
+
+def analysis_thresholds(thresholds: Iterable[float] | None = None) -> list[float]:
+    """The given thresholds, or a 0.01 grid over [0, 1] plus the document's thresholds."""
+    if thresholds is None:
+        thresholds = [i / 100 for i in range(101)] + list(DOC_THRESHOLDS)
+    return sorted({float(t) for t in thresholds})
+
+
+def thresholds_path(results_dir: str | Path, run_id: str) -> Path:
+    """Where threshold_analysis writes a run's table.
+
+    Not in runs/: ease.results reads every runs/*.json as a run record.
+    """
+    return Path(results_dir) / "thresholds" / f"{run_id}.json"
+
+
+def plot_sweep(table, threshold: float, exit_layer: int, axes=None):
+    """Two panels of a threshold sweep table (rows of ease.exits.route): PPL against compute, with
+    the document's thresholds marked, and the share of early exits against the threshold."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax_cost, ax_exit = axes
+    compute, shallow = 100 * table["compute_frac"], 100 * table["shallow_frac"]
+    ax_cost.plot(compute, table["ppl"], marker=".", label="sweep")
+    doc = table[table["threshold"].isin(DOC_THRESHOLDS)]
+    ax_cost.scatter(100 * doc["compute_frac"], doc["ppl"], color="C3", zorder=3, label="document's thresholds")
+    # thresholds that route alike share a point: one label for them all
+    for (x, y), group in doc.groupby([100 * doc["compute_frac"], doc["ppl"]]):
+        ax_cost.annotate("/".join(f"{t:g}" for t in group["threshold"]), (x, y), textcoords="offset points",
+                         xytext=(-4, 6), ha="right", fontsize=8)
+    ax_cost.set(xlabel="compute (% of full depth)", ylabel="validation perplexity (routed)",
+                title="Perplexity against compute")
+    ax_cost.legend()
+    ax_exit.plot(table["threshold"], shallow, marker=".")
+    ax_exit.axvline(threshold, color="gray", linestyle="--", label=f"default threshold {threshold:g}")
+    ax_exit.set(xlabel="confidence threshold", ylabel=f"tokens exiting at layer {exit_layer} (%)",
+                title="Early exits against threshold")
+    ax_exit.legend()
+    return axes
+
+
+def recollect(config: RunConfig, results_dir: str | Path, device: str = "cpu"):
+    """Per-token exit statistics of a finished run on its validation text, from its checkpoint."""
+    from ease.data import load_corpus, make_batches
+    from ease.exits import collect_token_stats
+    from ease.train import load_checkpoint, pick_device
+
+    model, vocab = load_checkpoint(results_dir, config)
+    corpus = load_corpus(config.corpus, config.train_chars, config.val_chars, config.vocab_from)
+    if corpus.vocab != vocab:
+        raise ValueError(f"the corpus now gives a different vocabulary than the checkpoint of {config.run_id} "
+                         "was trained with: the data changed; rebuild the run")
+    dev = pick_device(device)
+    val_x, val_y = make_batches(corpus.val_ids, config.seq_len, config.batch_size)
+    return collect_token_stats(model.to(dev), val_x, val_y, config.exit_layer, dev)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Corpus loading (local folders, EASE_DATA_DIR, the hub fallback), vocabulary and batching."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ease.data import (DATA_ENV, HUB_DATASET, UNKNOWN_CHAR, DataNotFoundError, build_corpus, load_corpus,
+                       load_split, make_batches)
+
+REAL_DATA = Path("/work/shared/data/wikitext-2")
+
+# Blank lines, a line of spaces, a leading space, non-ASCII and a trailing blank line, as in WikiText.
+TEXTS = {
+    "train": " \n = Título Ⅱ = \n \n naïve café — 東京 ☃ <unk> .\n\n\n   \nlast line\n\n",
+    "valid": "valid: Ünïcödé ß 😀\nno newline at the end",
+    "test": "\n",
+}
+
+
+def _write_corpus(folder: Path, texts: dict[str, str] = TEXTS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, text in texts.items():
+        with open(folder / f"{split}.txt", "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    return folder
+
+
+@pytest.fixture
+def corpus_dir(tmp_path):
+    return _write_corpus(tmp_path / "corpus")
+
+
+# --- loading ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+def test_env_folder_round_trips_text_exactly(corpus_dir, monkeypatch, split):
+    monkeypatch.setenv(DATA_ENV, str(corpus_dir))
+    assert load_split(split) == TEXTS[split]
+
+
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_corpus_folder_round_trips_text_exactly(corpus_dir, monkeypatch, split):
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    assert load_split(split, corpus=str(corpus_dir)) == TEXTS[split]
+
+
+def test_corpus_folder_takes_precedence_over_env(corpus_dir, tmp_path, monkeypatch):
+    other = _write_corpus(tmp_path / "other", {k: "other " + v for k, v in TEXTS.items()})
+    monkeypatch.setenv(DATA_ENV, str(other))
+    assert load_split("train", corpus=str(corpus_dir)) == TEXTS["train"]
+    assert load_split("train") == "other " + TEXTS["train"]
+
+
+def test_unknown_split():
+    with pytest.raises(ValueError, match="unknown split 'validation'"):
+        load_split("validation")
+
+
+def test_load_corpus_takes_prefixes(corpus_dir):
+    corpus = load_corpus(str(corpus_dir), train_chars=20, val_chars=10)
+    decode = lambda ids: "".join(corpus.vocab[i] for i in ids.tolist())  # noqa: E731
+    assert decode(corpus.train_ids) == TEXTS["train"][:20]
+    assert decode(corpus.val_ids) == TEXTS["valid"][:10]
+
+
+def test_load_corpus_too_short(corpus_dir):
+    with pytest.raises(ValueError, match="shorter than asked"):
+        load_corpus(str(corpus_dir), train_chars=10_000, val_chars=10)
+
+
+# --- missing data -------------------------------------------------------------------------
+
+def _assert_names_both_sources(message: str):
+    assert DATA_ENV in message, message
+    assert "hub" in message.lower(), message
+
+
+def test_env_pointing_to_missing_folder(tmp_path, monkeypatch):
+    missing = tmp_path / "nowhere"
+    monkeypatch.setenv(DATA_ENV, str(missing))
+    with pytest.raises(DataNotFoundError) as err:
+        load_split("train")
+    assert str(missing) in str(err.value)
+    _assert_names_both_sources(str(err.value))
+
+
+def test_env_folder_without_train_txt(tmp_path, monkeypatch):
+    folder = _write_corpus(tmp_path / "partial", {"valid": "v\n", "test": "t\n"})
+    monkeypatch.setenv(DATA_ENV, str(folder))
+    with pytest.raises(DataNotFoundError) as err:
+        load_split("train")
+    assert "train.txt" in str(err.value)
+    _assert_names_both_sources(str(err.value))
+
+
+def test_corpus_folder_missing(tmp_path):
+    with pytest.raises(DataNotFoundError, match="corpus folder .*nowhere does not exist"):
+        load_split("train", corpus=str(tmp_path / "nowhere"))
+
+
+def test_corpus_folder_without_valid_txt(tmp_path):
+    folder = _write_corpus(tmp_path / "partial", {"train": "abc\n"})
+    with pytest.raises(DataNotFoundError, match="valid.txt"):
+        load_corpus(str(folder), train_chars=2, val_chars=1)
+
+
+def test_data_not_found_is_a_file_not_found_error():
+    assert issubclass(DataNotFoundError, FileNotFoundError)
+
+
+def test_hub_unreachable(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network in this test")
+
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataNotFoundError) as err:
+        load_split("valid")
+    message = str(err.value)
+    assert DATA_ENV in message and HUB_DATASET[0] in message and HUB_DATASET[1] in message
+    assert "no network in this test" in message  # the underlying cause is shown
+
+
+def test_hub_is_asked_for_the_validation_split(monkeypatch):
+    asked = {}
+
+    def fake_hub(name, config, split):
+        asked.update(name=name, config=config, split=split)
+        return {"text": [" = A = \n", " \n"]}
+
+    import datasets
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub)
+    assert load_split("valid") == " = A = \n \n"
+    assert asked == {"name": "Salesforce/wikitext", "config": "wikitext-2-v1", "split": "validation"}
+
+
+@pytest.mark.skipif(not (REAL_DATA / "train.txt").is_file(), reason=f"no WikiText-2 copy at {REAL_DATA}")
+def test_real_wikitext2_matches_the_file(monkeypatch):
+    monkeypatch.setenv(DATA_ENV, str(REAL_DATA))
+    for split in ("train", "valid"):
+        with open(REAL_DATA / f"{split}.txt", encoding="utf-8", newline="") as f:
+            direct = f.read()
+        loaded = load_split(split)
+        assert loaded[:200_000] == direct[:200_000]
+        assert len(loaded) == len(direct)
+    assert load_split("train").startswith(" \n = Valkyria Chronicles III = \n")
+
+
+# --- vocabulary ---------------------------------------------------------------------------
+
+def test_vocab_from_train_and_valid():
+    corpus = build_corpus("banana", "cab!")
+    assert corpus.vocab == ["!", "a", "b", "c", "n"]
+    assert corpus.vocab_size == 5
+    assert corpus.train_ids.tolist() == [2, 1, 4, 1, 4, 1]
+    assert corpus.val_ids.tolist() == [3, 1, 2, 0]
+    assert corpus.train_ids.dtype == torch.long
+
+
+def test_vocab_from_train_maps_unseen_to_unknown():
+    corpus = build_corpus("banana", "cab!", vocab_from="train")
+    assert set(corpus.vocab) == {"a", "b", "n", UNKNOWN_CHAR}
+    decoded = "".join(corpus.vocab[i] for i in corpus.val_ids.tolist())
+    assert decoded == f"{UNKNOWN_CHAR}ab{UNKNOWN_CHAR}"
+    assert "".join(corpus.vocab[i] for i in corpus.train_ids.tolist()) == "banana"
+
+
+def test_vocab_is_sorted_and_independent_of_order():
+    a = build_corpus("zyx", "abc")
+    b = build_corpus("abc", "zyx")
+    assert a.vocab == b.vocab == sorted("abcxyz")
+
+
+def test_vocab_keeps_non_ascii_and_whitespace(corpus_dir):
+    corpus = load_corpus(str(corpus_dir), train_chars=len(TEXTS["train"]), val_chars=len(TEXTS["valid"]))
+    assert set(corpus.vocab) == set(TEXTS["train"]) | set(TEXTS["valid"])
+    assert {"\n", " ", "東", "😀", "ß"} <= set(corpus.vocab)
+
+
+def test_build_corpus_bad_input():
+    with pytest.raises(ValueError, match="non-empty"):
+        build_corpus("", "abc")
+    with pytest.raises(ValueError, match="vocab_from must be"):
+        build_corpus("abc", "abc", vocab_from="valid")
+
+
+# --- batching -----------------------------------------------------------------------------
+
+def test_make_batches_shapes_and_order():
+    ids = torch.arange(100)
+    x, y = make_batches(ids, seq_len=4, batch_size=3)
+    # (100 - 1) // 4 = 24 windows -> 8 full batches of 3
+    assert x.shape == y.shape == (8, 3, 4)
+    # windows are consecutive, non-overlapping slices taken in order
+    assert x.reshape(-1).tolist() == list(range(96))
+    assert torch.equal(y, x + 1)
+
+
+def test_make_batches_drops_the_last_partial_batch():
+    ids = torch.arange(50)
+    x, y = make_batches(ids, seq_len=4, batch_size=5)
+    # (50 - 1) // 4 = 12 windows: 2 batches of 5, the last 2 windows dropped
+    assert x.shape == (2, 5, 4)
+    assert x.max().item() == 39 and y.max().item() == 40
+
+
+def test_make_batches_uses_the_last_character_as_a_target():
+    ids = torch.arange(9)  # exactly 2 windows of 4 plus one target character
+    x, y = make_batches(ids, seq_len=4, batch_size=2)
+    assert x.reshape(-1).tolist() == list(range(8))
+    assert y.reshape(-1).tolist() == list(range(1, 9))
+
+
+def test_targets_are_next_characters_of_real_ids():
+    corpus = build_corpus("the cat sat on the mat. " * 10, "x")
+    x, y = make_batches(corpus.train_ids, seq_len=5, batch_size=2)
+    flat_x, flat_y = x.reshape(-1, 5), y.reshape(-1, 5)
+    for w in range(len(flat_x)):
+        start = w * 5
+        assert flat_x[w].tolist() == corpus.train_ids[start:start + 5].tolist()
+        assert flat_y[w].tolist() == corpus.train_ids[start + 1:start + 6].tolist()
+
+
+def test_make_batches_too_little_data():
+    with pytest.raises(ValueError, match="make no full batch"):
+        make_batches(torch.arange(10), seq_len=4, batch_size=3)
+
+
+def test_shuffle_permutes_whole_windows():
+    ids = torch.arange(201)
+    x0, _ = make_batches(ids, seq_len=5, batch_size=4)
+    x, y = make_batches(ids, seq_len=5, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert x.shape == x0.shape
+    windows, plain = x.reshape(-1, 5), x0.reshape(-1, 5)
+    assert not torch.equal(windows, plain)  # the order changed
+    assert sorted(map(tuple, windows.tolist())) == sorted(map(tuple, plain.tolist()))  # same windows
+    assert torch.equal(y, x + 1)  # targets moved with their windows
+    assert torch.all(windows[:, 0] % 5 == 0)  # each window is still a whole aligned slice
+
+
+def test_shuffle_is_reproducible_with_a_seeded_generator():
+    ids = torch.arange(201)
+    a = make_batches(ids, 5, 4, shuffle=True, generator=torch.Generator().manual_seed(3))[0]
+    b = make_batches(ids, 5, 4, shuffle=True, generator=torch.Generator().manual_seed(3))[0]
+    c = make_batches(ids, 5, 4, shuffle=True, generator=torch.Generator().manual_seed(4))[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+

@@ -1,0 +1,180 @@
+"""Confidence routing and its metrics, on hand-built token stats and on a tiny model."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ease.config import FINE_THRESHOLDS
+from ease.data import make_batches
+from ease.exits import TokenStats, collect_token_stats, route, summary, sweep
+from ease.model import EarlyExitLM, ModelConfig
+
+VOCAB = 11
+
+
+def hand_stats(exit_layer=1, n_layers=3):
+    # confidences are exact binary fractions, so ">= threshold" has no rounding doubt
+    return TokenStats(confidence=torch.tensor([0.75, 0.5, 0.875, 0.25]),
+                      ce_exit=torch.tensor([0.1, 2.0, 0.2, 3.0]),
+                      ce_last=torch.tensor([0.5, 1.0, 0.4, 1.5]),
+                      exit_layer=exit_layer, n_layers=n_layers)
+
+
+@pytest.mark.parametrize("threshold, routed_ce, shallow", [
+    (0.75, [0.1, 1.0, 0.2, 1.5], 0.5),    # 0.75 and 0.875 exit (">=": the boundary exits)
+    (0.8, [0.5, 1.0, 0.2, 1.5], 0.25),    # only 0.875 exits
+    (0.5, [0.1, 2.0, 0.2, 1.5], 0.75),
+    (0.0, [0.1, 2.0, 0.2, 3.0], 1.0),     # every token exits
+    (1.01, [0.5, 1.0, 0.4, 1.5], 0.0),    # none exits
+])
+def test_route_on_hand_built_stats(threshold, routed_ce, shallow):
+    m = route(hand_stats(), threshold)
+    assert m["threshold"] == threshold
+    assert m["ppl"] == pytest.approx(math.exp(sum(routed_ce) / 4), rel=1e-6)
+    assert m["shallow_frac"] == shallow
+    # an exited token costs 1 of 3 layers, a deep one all 3
+    assert m["compute_frac"] == pytest.approx((shallow * 4 * 1 + (1 - shallow) * 4 * 3) / (4 * 3))
+
+
+def test_compute_frac_with_four_layers_exit_at_two():
+    m = route(hand_stats(exit_layer=2, n_layers=4), 0.75)
+    # two tokens stop after 2 of 4 layers, two run all 4: (2*2 + 2*4) / (4*4)
+    assert m["compute_frac"] == pytest.approx(12 / 16)
+    assert m["compute_frac"] == pytest.approx(m["shallow_frac"] * 2 / 4 + (1 - m["shallow_frac"]))
+
+
+def test_summary_on_hand_built_stats():
+    s = summary(hand_stats(), 0.8)
+    assert "threshold" not in s
+    assert s["ppl_shallow"] == pytest.approx(math.exp(5.3 / 4), rel=1e-6)
+    assert s["ppl_deep"] == pytest.approx(math.exp(3.4 / 4), rel=1e-6)
+    assert s["ppl"] == pytest.approx(math.exp(3.2 / 4), rel=1e-6)
+    assert s["shallow_frac"] == 0.25
+
+
+def test_sweep_on_hand_built_stats_keeps_the_order_given():
+    rows = sweep(hand_stats(), [0.9, 0.0, 0.75])
+    assert [r["threshold"] for r in rows] == [0.9, 0.0, 0.75]
+    assert [r["shallow_frac"] for r in rows] == [0.0, 1.0, 0.5]
+
+
+# --- on a tiny model ------------------------------------------------------------------------
+
+def tiny_model(n_layers=3, seed=0):
+    torch.manual_seed(seed)
+    return EarlyExitLM(ModelConfig(vocab_size=VOCAB, n_layers=n_layers, dim=16, n_heads=2, max_seq_len=16))
+
+
+@pytest.fixture(scope="module")
+def batches():
+    # a learnable-looking id sequence with some noise: 3 batches of 4 windows of 16
+    gen = torch.Generator().manual_seed(0)
+    ids = (torch.arange(3 * 4 * 16 + 1) * 3 + torch.randint(2, (3 * 4 * 16 + 1,), generator=gen)) % VOCAB
+    return make_batches(ids, seq_len=16, batch_size=4)
+
+
+def direct_stats(model, inputs, targets, exit_layer):
+    """Per-token confidence and CEs computed plainly, batch by batch."""
+    conf, ce_exit, ce_last = [], [], []
+    model.eval()
+    with torch.no_grad():
+        for x, y in zip(inputs, targets):
+            out = model(x, layers=list(range(1, model.cfg.n_layers + 1)))
+            shallow = out[exit_layer].reshape(-1, VOCAB)
+            deep = out[model.cfg.n_layers].reshape(-1, VOCAB)
+            conf.append(torch.softmax(shallow, dim=-1).max(dim=-1).values)
+            ce_exit.append(F.cross_entropy(shallow, y.reshape(-1), reduction="none"))
+            ce_last.append(F.cross_entropy(deep, y.reshape(-1), reduction="none"))
+    return torch.cat(conf), torch.cat(ce_exit), torch.cat(ce_last)
+
+
+@pytest.mark.parametrize("n_layers, exit_layer", [(3, 1), (3, 2), (4, 2)])
+def test_collect_token_stats_matches_direct_computation(batches, n_layers, exit_layer):
+    model = tiny_model(n_layers)
+    stats = collect_token_stats(model, *batches, exit_layer=exit_layer)
+    conf, ce_exit, ce_last = direct_stats(model, *batches, exit_layer)
+    assert len(stats) == 3 * 4 * 16
+    assert (stats.exit_layer, stats.n_layers) == (exit_layer, n_layers)
+    assert torch.allclose(stats.confidence, conf, atol=1e-6)
+    assert torch.allclose(stats.ce_exit, ce_exit, atol=1e-5)
+    assert torch.allclose(stats.ce_last, ce_last, atol=1e-5)
+
+
+def test_collect_token_stats_restores_training_mode(batches):
+    model = tiny_model().train()
+    collect_token_stats(model, *batches)
+    assert model.training
+    collect_token_stats(model.eval(), *batches)
+    assert not model.training
+
+
+@pytest.mark.parametrize("exit_layer", [0, 4])
+def test_collect_token_stats_bad_exit_layer(batches, exit_layer):
+    with pytest.raises(ValueError, match=f"exit_layer must be within 1..3, got {exit_layer}"):
+        collect_token_stats(tiny_model(), *batches, exit_layer=exit_layer)
+
+
+def test_summary_ppls_equal_cross_entropy_of_the_model(batches):
+    model = tiny_model()
+    s = summary(collect_token_stats(model, *batches), 0.5)
+    inputs, targets = batches
+    with torch.no_grad():
+        out = [model(x, layers=[1, 3]) for x in inputs]
+    flat_y = targets.reshape(-1)
+    shallow = torch.cat([o[1].reshape(-1, VOCAB) for o in out])
+    deep = torch.cat([o[3].reshape(-1, VOCAB) for o in out])
+    assert s["ppl_shallow"] == pytest.approx(math.exp(F.cross_entropy(shallow, flat_y).item()), rel=1e-5)
+    assert s["ppl_deep"] == pytest.approx(math.exp(F.cross_entropy(deep, flat_y).item()), rel=1e-5)
+
+
+def test_routed_ppl_equals_cross_entropy_of_routed_predictions(batches):
+    model = tiny_model()
+    inputs, targets = batches
+    conf, _, _ = direct_stats(model, inputs, targets, 1)
+    threshold = conf.median().item()  # about half the tokens exit
+    with torch.no_grad():
+        out = [model(x, layers=[1, 3]) for x in inputs]
+    shallow = torch.cat([o[1].reshape(-1, VOCAB) for o in out])
+    deep = torch.cat([o[3].reshape(-1, VOCAB) for o in out])
+    exits = torch.softmax(shallow, dim=-1).max(dim=-1).values >= threshold
+    routed = torch.where(exits[:, None], shallow, deep)  # the logits each token is answered with
+    expected_ppl = math.exp(F.cross_entropy(routed, targets.reshape(-1)).item())
+    m = route(collect_token_stats(model, inputs, targets), threshold)
+    assert 0 < m["shallow_frac"] < 1
+    assert m["shallow_frac"] == pytest.approx(exits.double().mean().item())
+    assert m["ppl"] == pytest.approx(expected_ppl, rel=1e-5)
+
+
+@pytest.mark.parametrize("n_layers, exit_layer", [(3, 1), (4, 2)])
+def test_sweep_equals_routing_each_threshold_separately(batches, n_layers, exit_layer):
+    model = tiny_model(n_layers)
+    thresholds = list(FINE_THRESHOLDS) + [1.5]
+    rows = sweep(collect_token_stats(model, *batches, exit_layer=exit_layer), thresholds)
+    assert [r["threshold"] for r in rows] == thresholds
+    for row, t in zip(rows, thresholds):
+        fresh = route(collect_token_stats(model, *batches, exit_layer=exit_layer), t)
+        assert row == fresh
+        assert row["compute_frac"] == pytest.approx(row["shallow_frac"] * exit_layer / n_layers
+                                                    + (1 - row["shallow_frac"]))
+
+
+def test_threshold_extremes_on_a_model(batches):
+    model = tiny_model()
+    stats = collect_token_stats(model, *batches)
+    everyone = route(stats, 0.0)
+    nobody = route(stats, 1.0001)
+    s = summary(stats, 0.0)
+    assert everyone["shallow_frac"] == 1.0 and everyone["compute_frac"] == pytest.approx(1 / 3)
+    assert everyone["ppl"] == pytest.approx(s["ppl_shallow"])
+    assert nobody["shallow_frac"] == 0.0 and nobody["compute_frac"] == 1.0
+    assert nobody["ppl"] == pytest.approx(s["ppl_deep"])
+
+
+def test_shallow_fraction_never_grows_with_the_threshold(batches):
+    rows = sweep(collect_token_stats(tiny_model(seed=3), *batches), FINE_THRESHOLDS)
+    fracs = [r["shallow_frac"] for r in rows]
+    assert fracs == sorted(fracs, reverse=True)
+    assert fracs[0] == 1.0

@@ -83,13 +83,20 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 fail(f"{name} must be a positive number, got {value!r}")
+        if not isinstance(self.corpus, str) or not self.corpus:
+            fail(f"corpus must be 'wikitext-2' or a folder path, got {self.corpus!r}")
         _check_threshold(self.threshold, "threshold")
-        sweep = tuple(float(t) for t in self.sweep_thresholds)
+        if isinstance(self.sweep_thresholds, (str, bytes)) or not hasattr(self.sweep_thresholds, "__iter__"):
+            fail(f"sweep_thresholds must be a list of numbers, got {self.sweep_thresholds!r}")
+        sweep = tuple(self.sweep_thresholds)
         if not sweep:
             fail("sweep_thresholds must not be empty")
         for t in sweep:
             _check_threshold(t, "sweep_thresholds entry")
-        object.__setattr__(self, "sweep_thresholds", tuple(sorted(set(sweep))))
+        object.__setattr__(self, "sweep_thresholds", tuple(sorted({float(t) for t in sweep})))
+        # ints and floats of equal value must hash to the same run_id (threshold=1 is threshold=1.0)
+        for name in ("threshold", "lr", "grad_clip"):
+            object.__setattr__(self, name, float(getattr(self, name)))
 
         if self.setting == "custom":
             if self.weights is None:
@@ -103,7 +110,10 @@ class RunConfig:
         else:
             fail(f"unknown setting {self.setting!r}: use one of {sorted(SETTINGS)} or 'custom'")
         object.__setattr__(self, "weights", weights)
-        if self.alpha is not None:
+        if self.alpha is not None:  # with "custom" weights alpha is only a label, but still a number in [0, 1]
+            if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
+                    or not math.isfinite(self.alpha) or not 0 <= self.alpha <= 1:
+                fail(f"alpha must be a number in [0, 1] (or None with custom weights), got {self.alpha!r}")
             object.__setattr__(self, "alpha", float(self.alpha))
 
     # --- serialisation -------------------------------------------------------------------

@@ -59,7 +59,12 @@ def load_split(split: str, corpus: str = "wikitext-2") -> str:
         folder = Path(local).expanduser()
         if not folder.is_dir():
             raise DataNotFoundError(f"{DATA_ENV}={local} is not a folder. Point it at a copy of WikiText-2 "
-                                    f"holding {', '.join(SPLIT_FILES.values())}, or unset it to use the hub.")
+                                    f"holding {', '.join(SPLIT_FILES.values())}, or unset it to load the hub dataset "
+                                    f"{HUB_DATASET[0]} (config {HUB_DATASET[1]}).")
+        if not (folder / SPLIT_FILES[split]).is_file():
+            raise DataNotFoundError(f"{DATA_ENV}={local} has no {SPLIT_FILES[split]}. Point it at a copy of WikiText-2 "
+                                    f"holding {', '.join(SPLIT_FILES.values())}, or unset it to load the hub dataset "
+                                    f"{HUB_DATASET[0]} (config {HUB_DATASET[1]}).")
         return _read_folder(folder, split)
     try:
         return _read_hub(split)

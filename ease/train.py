@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import platform
 import time
 from dataclasses import dataclass, field
@@ -91,6 +92,9 @@ def train_model(config: RunConfig, corpus: CharCorpus, device: str = "cpu", prog
                                "val_ppl_shallow": val["ppl_shallow"], "val_ppl_deep": val["ppl_deep"],
                                "val_shallow_frac": val["shallow_frac"]})
         bar.set_postfix(loss=f"{train_loss:.3f}", val_ppl_deep=f"{val['ppl_deep']:.2f}")
+        if not all(map(math.isfinite, val.values())):  # the epoch's last steps can break the weights
+            raise NonFiniteLossError(f"{config.run_id}: validation metrics became non-finite in epoch {epoch} "
+                                     f"({val}); lower lr or check the loss weights")
         if val["ppl_deep"] < best_ppl:
             best_ppl, since_best, result.best_epoch = val["ppl_deep"], 0, epoch
             best_state = copy.deepcopy(model.state_dict())

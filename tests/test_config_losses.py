@@ -134,6 +134,25 @@ def test_bad_sweep_thresholds(value):
         RunConfig(sweep_thresholds=value)
 
 
+@pytest.mark.parametrize("value", [None, "0.5", ("0.5",), (True, 0.5)])
+def test_bad_sweep_threshold_types(value):
+    # the same rule as for `threshold`: strings and booleans are not thresholds
+    with pytest.raises(ValueError, match="sweep_thresholds"):
+        RunConfig(sweep_thresholds=value)
+
+
+@pytest.mark.parametrize("alpha", ["abc", float("nan")])
+def test_bad_alpha_with_custom_weights(alpha):
+    # alpha is not used by "custom", but it is stored in the record and hashed into the run id
+    with pytest.raises(ValueError, match="alpha"):
+        RunConfig(setting="custom", weights={1: 1.0}, alpha=alpha)
+
+
+def test_corpus_must_be_a_string():
+    with pytest.raises(ValueError, match="corpus"):
+        RunConfig(corpus=None)
+
+
 def test_empty_sweep_thresholds():
     with pytest.raises(ValueError, match="sweep_thresholds must not be empty"):
         RunConfig(sweep_thresholds=())
@@ -215,7 +234,7 @@ ROUND_TRIP_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("cfg", ROUND_TRIP_CONFIGS, ids=lambda c: c.setting)
+@pytest.mark.parametrize("cfg", ROUND_TRIP_CONFIGS, ids=["A", "B-5layers", "custom-pre", "folder"])
 def test_round_trip_through_dict_and_json(cfg):
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
     back = RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bar: also fine in notebooks without ipywidgets
 
 from ease.config import RunConfig
 from ease.data import CharCorpus, load_corpus, make_batches

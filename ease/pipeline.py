@@ -8,7 +8,8 @@ Usage::
 Each run executes ``notebooks/train_run.py`` (read with jupytext, parameters injected by
 papermill); the executed notebook is kept at ``DIR/executed/<run_id>.ipynb`` and the run's
 record and checkpoint land in ``DIR/runs/`` (``ease.run`` writes them). A run whose record
-already exists is skipped, so an interrupted pipeline resumes where it stopped; a failed run
+already exists is not trained again, so an interrupted pipeline resumes where it stopped (if
+its executed notebook is missing, the notebook runs from the record in seconds); a failed run
 is reported with its executed notebook and the others still finish. The exit status is 0
 only if no run failed.
 
@@ -60,7 +61,7 @@ from typing import Any, Iterable, Sequence
 import yaml
 
 from ease.config import DOC_THRESHOLDS, RunConfig
-from ease.results import find_record, runs_dir
+from ease.results import find_record
 
 # The tiny sizes of a smoke run (tests, nbval, `--smoke`); defined once, here.
 SMOKE = {"train_chars": 20_000, "val_chars": 5_000, "max_epochs": 1}
@@ -202,6 +203,14 @@ def expand_grid(grid: dict, seeds: int | None = None, smoke: bool = False) -> li
     return list(configs.values())
 
 
+def describe(config: RunConfig) -> str:
+    """The fields that differ from RunConfig's defaults, e.g. "alpha=0.3 norm=pre" (seed and derived weights left out)."""
+    default = RunConfig().to_dict()
+    changed = {k: v for k, v in config.to_dict().items()
+               if k != "seed" and v != default[k] and not (k == "weights" and config.setting != "custom")}
+    return " ".join(f"{k}={v}" for k, v in changed.items()) or "(defaults)"
+
+
 # --- running -------------------------------------------------------------------------------
 def executed_path(results_dir: str | Path, run_id: str) -> Path:
     return Path(results_dir) / "executed" / f"{run_id}.ipynb"
@@ -231,7 +240,9 @@ def execute_run(config_dict: dict, results_dir: str, notebook_json: str, cwd: st
         papermill.execute_notebook(
             nbformat.reads(notebook_json, as_version=4), str(out),
             parameters=notebook_parameters(config, results_dir, device), kernel_name="python3",
-            progress_bar=False, cwd=cwd if cwd and Path(cwd).is_dir() else None)
+            progress_bar=False, cwd=cwd if cwd and Path(cwd).is_dir() else None,
+            # the kernel's start-up warnings would print once per run between progress-bar updates
+            extra_arguments=["--IPKernelApp.log_level=ERROR"])
         if find_record(config, results_dir) is None:
             raise RuntimeError(f"the notebook finished but wrote no record for {config.run_id}; "
                                "do its parameters still cover every RunConfig field?")
@@ -247,7 +258,7 @@ def execute_run(config_dict: dict, results_dir: str, notebook_json: str, cwd: st
 @dataclass
 class GridSummary:
     done: list[dict] = field(default_factory=list)  # {run_id, notebook, seconds}
-    skipped: list[str] = field(default_factory=list)  # run ids whose record already existed
+    skipped: list[str] = field(default_factory=list)  # run ids whose record and notebook already existed
     failed: list[dict] = field(default_factory=list)  # {run_id, notebook, error}
 
     @property
@@ -290,6 +301,7 @@ def run_grid(configs: Sequence[RunConfig], results_dir: str | Path = DEFAULT_RES
         raise ValueError("workers sizes the local cluster only; an existing scheduler brings its own workers")
     results_dir = Path(results_dir).resolve()  # absolute: workers may run elsewhere
     summary = GridSummary()
+    configs = list({config.run_id: config for config in configs}.values())  # one run per config
     todo = []
     for config in configs:
         try:
@@ -297,7 +309,12 @@ def run_grid(configs: Sequence[RunConfig], results_dir: str | Path = DEFAULT_RES
         except ValueError as exc:  # a record that does not match its id: say so, do not overwrite it
             summary.failed.append({"run_id": config.run_id, "notebook": None, "error": str(exc)})
             continue
-        (summary.skipped.append(config.run_id) if finished else todo.append(config))
+        # A finished run with its lab notebook is skipped. A record without one (committed records on
+        # a fresh clone) still goes through the notebook, which loads the record instead of training.
+        if finished and executed_path(results_dir, config.run_id).exists():
+            summary.skipped.append(config.run_id)
+        else:
+            todo.append(config)
 
     bar = tqdm(total=len(configs), desc="grid", unit="run", disable=not progress)
     bar.update(len(configs) - len(todo))
@@ -336,7 +353,7 @@ def run_grid(configs: Sequence[RunConfig], results_dir: str | Path = DEFAULT_RES
 # --- command line --------------------------------------------------------------------------
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ease.pipeline", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     epilog="Grid file format: python -m pydoc ease.pipeline, or examples/grid.yaml.")
     parser.add_argument("--grid", default="exp5-6",
                         help=f"builtin grid ({', '.join(BUILTIN_GRIDS)}) or a .yaml/.json grid file (default exp5-6)")
     parser.add_argument("--seeds", type=int, help="seeds 0..N-1 for every config (default: the grid's, else 3)")
@@ -368,9 +385,13 @@ def main(argv: Iterable[str] | None = None) -> int:
                 state = "finished" if find_record(config, results) else "to run"
             except ValueError as exc:
                 state = f"bad record: {exc}"
-            print(f"  {config.run_id}  {state}")
+            print(f"  {config.run_id}  {state:8}  {describe(config)}")
         return 0
-    summary = run_grid(configs, results, scheduler=args.scheduler, workers=args.workers, device=args.device)
+    try:
+        summary = run_grid(configs, results, scheduler=args.scheduler, workers=args.workers, device=args.device)
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept; run the same command again to resume", file=sys.stderr)
+        return 130
     print(summary.report())
     return 0 if summary.ok else 1
 

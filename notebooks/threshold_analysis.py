@@ -29,13 +29,14 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+# tqdm.auto asks for ipywidgets, which is not needed: its text progress bar works as well
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 import ease
 from ease.exits import sweep as route_all
 from ease.pipeline import analysis_thresholds, notebook_config, plot_sweep, recollect, thresholds_path
 from ease.results import find_record, write_json
 
-# tqdm.auto asks for ipywidgets, which is not needed: its text progress bar works as well
-warnings.filterwarnings("ignore", message="IProgress not found")
 sns.set_theme(style="whitegrid")
 
 # %% tags=["parameters"]
@@ -71,7 +72,7 @@ thresholds = None  # None: 0, 0.01, ..., 1 plus the document's thresholds
 # where and how
 results_dir = None  # None: "results", or "results/smoke" in smoke mode
 device = "cpu"  # "cpu", "cuda" or "auto"
-smoke = None  # True: tiny sizes (ease.pipeline.SMOKE); None: True when EASE_SMOKE=1 (tests)
+smoke = None  # True: tiny sizes (ease.pipeline.SMOKE); None: from the environment (EASE_SMOKE set to 1)
 
 # %%
 config, results_dir, smoke = notebook_config(

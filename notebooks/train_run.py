@@ -31,11 +31,12 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
+# tqdm.auto asks for ipywidgets, which is not needed: its text progress bar works as well
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 import ease
 from ease.pipeline import notebook_config, plot_sweep
 
-# tqdm.auto asks for ipywidgets, which is not needed: its text progress bar works as well
-warnings.filterwarnings("ignore", message="IProgress not found")
 sns.set_theme(style="whitegrid")
 
 # %% tags=["parameters"]
@@ -70,7 +71,7 @@ sweep_thresholds = None  # None: a 0.025 grid over [0, 1] holding the document's
 # where and how
 results_dir = None  # None: "results", or "results/smoke" in smoke mode
 device = "cpu"  # "cpu", "cuda" or "auto"
-smoke = None  # True: tiny sizes (ease.pipeline.SMOKE); None: True when EASE_SMOKE=1 (tests)
+smoke = None  # True: tiny sizes (ease.pipeline.SMOKE); None: from the environment (EASE_SMOKE set to 1)
 
 # %%
 config, results_dir, smoke = notebook_config(

@@ -1,0 +1,306 @@
+"""The grid pipeline: grid expansion and validation, and real runs through Dask and papermill.
+
+The last test trains smoke-size models (ease.pipeline.SMOKE) on WikiText-2, so it needs the
+data (EASE_DATA_DIR or the hub) and takes about a minute on two cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jupytext
+import papermill
+import psutil
+import pytest
+
+from ease.config import DOC_THRESHOLDS, RunConfig
+from ease.pipeline import (CONFIG_FIELDS, SMOKE, TRAIN_NOTEBOOK, GridError, executed_path, expand_grid,
+                           load_grid, main, notebook_config, notebook_parameters, run_grid)
+from ease.results import find_record, record_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def smoke(**fields) -> RunConfig:
+    return RunConfig(**fields).replace(**SMOKE)
+
+
+# --- grid expansion ------------------------------------------------------------------------
+def test_builtin_grid_is_the_documents_design():
+    configs = expand_grid(load_grid("exp5-6"))
+    cells = {(c.setting, c.alpha) for c in configs}
+    assert cells == {("A", 0.3), ("A", 0.5), ("A", 0.7), ("B", 0.7)}  # Exp 5 (A at three alphas) + Exp 6 (B at 0.7)
+    for cell in cells:
+        assert sorted(c.seed for c in configs if (c.setting, c.alpha) == cell) == [0, 1, 2]
+    assert len({c.run_id for c in configs}) == len(configs) == 12
+    default = RunConfig().to_dict()
+    for c in configs:
+        # nothing but the cell and the seed differs from the default (document) setup
+        differing = {k for k, v in c.to_dict().items() if v != default[k]}
+        assert differing <= {"setting", "alpha", "weights", "seed"}
+        assert set(DOC_THRESHOLDS) <= set(c.sweep_thresholds)
+    b = next(c for c in configs if c.setting == "B")
+    assert b.weights == {1: 0.7, 2: 1.0, 3: 0.3}
+
+
+def test_list_values_expand_as_a_product_ordered_seed_by_seed():
+    grid = {"seeds": 2, "runs": [{"setting": "A", "alpha": [0.3, 0.5], "norm": ["post", "pre"]},
+                                 {"setting": "custom", "alpha": None, "weights": {"1": 0.5, "3": 0.5}}]}
+    configs = expand_grid(grid)
+    assert len(configs) == 2 * (2 * 2 + 1)
+    assert [c.seed for c in configs] == [0] * 5 + [1] * 5
+    assert {(c.alpha, c.norm) for c in configs if c.setting == "A"} == {(0.3, "post"), (0.3, "pre"),
+                                                                      (0.5, "post"), (0.5, "pre")}
+    custom = [c for c in configs if c.setting == "custom"]
+    assert [c.weights for c in custom] == [{1: 0.5, 3: 0.5}] * 2
+    assert len({c.run_id for c in configs}) == len(configs)
+
+
+def test_base_is_shared_and_entries_override_it():
+    grid = {"base": {"max_epochs": 5, "lr": 0.002}, "runs": [{"setting": "A"}, {"setting": "B", "lr": 0.0005}]}
+    a, b = expand_grid(grid, seeds=1)
+    assert (a.max_epochs, a.lr) == (5, 0.002)
+    assert (b.max_epochs, b.lr) == (5, 0.0005)
+
+
+def test_seeds_count_list_and_override():
+    grid = {"seeds": [3, 7], "runs": [{"setting": "A"}]}
+    assert [c.seed for c in expand_grid(grid)] == [3, 7]
+    assert [c.seed for c in expand_grid(grid, seeds=1)] == [0]  # --seeds N overrides the grid's seeds
+    assert [c.seed for c in expand_grid({"runs": [{"setting": "A"}]})] == [0, 1, 2]  # default 3
+
+
+def test_a_config_listed_twice_runs_once():
+    grid = {"runs": [{"setting": "A", "alpha": [0.5, 0.7]}, {"setting": "A", "alpha": 0.7}]}
+    configs = expand_grid(grid, seeds=2)
+    assert sorted((c.alpha, c.seed) for c in configs) == [(0.5, 0), (0.5, 1), (0.7, 0), (0.7, 1)]
+
+
+def test_sweep_thresholds_list_is_one_value_and_list_of_lists_expands():
+    one = expand_grid({"runs": [{"sweep_thresholds": [0.9, 0.5]}]}, seeds=1)
+    assert [c.sweep_thresholds for c in one] == [(0.5, 0.9)]
+    two = expand_grid({"runs": [{"sweep_thresholds": [[0.5], [0.6, 0.9]]}]}, seeds=1)
+    assert [c.sweep_thresholds for c in two] == [(0.5,), (0.6, 0.9)]
+
+
+def test_smoke_shrinks_sizes_only():
+    full = expand_grid(load_grid("exp5-6"), seeds=1)
+    small = expand_grid(load_grid("exp5-6"), seeds=1, smoke=True)
+    assert len(full) == len(small)
+    for f, s in zip(full, small):
+        assert {k: getattr(s, k) for k in SMOKE} == SMOKE
+        assert f.replace(**SMOKE) == s
+
+
+def test_yaml_and_json_grid_files_give_the_same_runs(tmp_path):
+    yaml_file = tmp_path / "grid.yaml"
+    yaml_file.write_text("seeds: 2\nbase: {max_epochs: 4}\nruns:\n  - {setting: A, alpha: [0.3, 0.7]}\n"
+                         "  - setting: custom\n    alpha: null\n    weights: {1: 0.25, 3: 0.75}\n")
+    json_file = tmp_path / "grid.json"
+    json_file.write_text(json.dumps({"seeds": 2, "base": {"max_epochs": 4},
+                                     "runs": [{"setting": "A", "alpha": [0.3, 0.7]},
+                                              {"setting": "custom", "alpha": None, "weights": {"1": 0.25, "3": 0.75}}]}))
+    from_yaml = expand_grid(load_grid(yaml_file))
+    from_json = expand_grid(load_grid(json_file))
+    assert [c.run_id for c in from_yaml] == [c.run_id for c in from_json]
+    assert len(from_yaml) == 6 and all(c.max_epochs == 4 for c in from_yaml)
+
+
+def test_shipped_example_grid_is_valid():
+    configs = expand_grid(load_grid(REPO / "examples" / "grid.yaml"))
+    assert len(configs) >= 2
+    assert len({c.run_id for c in configs}) == len(configs)
+
+
+@pytest.mark.parametrize("grid, words", [
+    ({"runs": [{"setting": "A", "alhpa": 0.3}]}, ["entry 1", "alhpa"]),
+    ({"runs": [{"setting": "A"}, {"setting": "A", "alpha": [0.5, 1.5]}]}, ["entry 2", "alpha", "1.5"]),
+    ({"runs": [{"setting": "C"}]}, ["entry 1", "unknown setting"]),
+    ({"runs": [{"setting": "A", "weights": {"1": 1.0}}]}, ["entry 1", "custom"]),
+    ({"runs": [{"setting": "custom"}]}, ["entry 1", "weights"]),
+    ({"runs": [{"setting": "custom", "weights": {"1": 0.5, "7": 0.5}}]}, ["entry 1", "layer 7"]),
+    ({"runs": [{"n_layers": "3"}]}, ["entry 1", "n_layers"]),
+    ({"runs": [{"sweep_thresholds": 5}]}, ["entry 1", "sweep_thresholds"]),
+    ({"runs": [{"alpha": []}]}, ["entry 1", "alpha", "empty"]),
+    ({"runs": [{"seed": 1}]}, ["entry 1", "seeds"]),
+    ({"runs": ["A"]}, ["entry 1", "mapping"]),
+    ({"base": {"dim": 30}, "runs": [{"setting": "A"}]}, ["entry 1", "dim"]),
+    ({"seeds": 0, "runs": [{"setting": "A"}]}, ["seeds", "at least 1"]),
+    ({"seeds": "3", "runs": [{"setting": "A"}]}, ["seeds"]),
+    ({"seeds": [1, 1], "runs": [{"setting": "A"}]}, ["seeds", "repeats"]),
+    ({"runs": []}, ["runs", "non-empty"]),
+    ({"setting": "A"}, ["unknown grid key", "setting"]),
+    ([{"setting": "A"}], ["mapping"]),
+])
+def test_bad_grids_are_rejected_with_a_clear_error(grid, words):
+    with pytest.raises(GridError) as info:
+        expand_grid(grid)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_bad_grid_files(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("runs: [ {setting: A\n")
+    with pytest.raises(GridError, match="could not be parsed"):
+        load_grid(broken)
+    text = tmp_path / "grid.txt"
+    text.write_text("{}")
+    with pytest.raises(GridError, match=r"\.yaml"):
+        load_grid(text)
+    with pytest.raises(GridError, match="exp5-6"):  # names the builtin grids
+        load_grid("exp-nonexistent")
+
+
+def test_cli_rejects_a_bad_entry_before_running_anything(tmp_path, capsys):
+    grid = tmp_path / "grid.json"
+    # the first entry is fine; the bad third one must stop the whole grid before any run starts
+    grid.write_text(json.dumps({"runs": [{"setting": "A"}, {"setting": "B"}, {"setting": "A", "alpha": 2}]}))
+    results = tmp_path / "results"
+    assert main(["--grid", str(grid), "--results", str(results), "--smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "grid entry 3" in err and "alpha" in err
+    assert not results.exists()
+
+
+def test_cli_dry_run_lists_runs_without_running(tmp_path, capsys):
+    results = tmp_path / "results"
+    assert main(["--grid", "exp5-6", "--seeds", "1", "--results", str(results), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for config in expand_grid(load_grid("exp5-6"), seeds=1):
+        assert config.run_id in out
+    assert not results.exists()
+
+
+# --- the notebook's parameters --------------------------------------------------------------
+@pytest.mark.parametrize("config", [
+    RunConfig(),
+    RunConfig(setting="B", alpha=0.3, seed=4, norm="pre", lr=5e-4, shuffle=True, sweep_thresholds=(0.5, 0.9)),
+    RunConfig(setting="custom", alpha=None, weights={1: 0.2, 2: 0.3, 3: 0.5}, exit_layer=2, threshold=0.8),
+])
+def test_injected_parameters_rebuild_the_same_config(config, monkeypatch):
+    monkeypatch.setenv("EASE_SMOKE", "1")  # the injected smoke=False must win over the environment
+    params = notebook_parameters(config, "/somewhere/results")
+    declared = papermill.inspect_notebook(jupytext.read(TRAIN_NOTEBOOK))
+    assert set(params) <= set(declared), "the notebook must declare every parameter the pipeline injects"
+    assert set(CONFIG_FIELDS) <= set(params)
+    fields = {k: v for k, v in params.items() if k in CONFIG_FIELDS}
+    rebuilt, results_dir, is_smoke = notebook_config(fields, smoke=params["smoke"], results_dir=params["results_dir"])
+    assert rebuilt == config and rebuilt.run_id == config.run_id
+    assert results_dir == Path("/somewhere/results") and is_smoke is False
+
+
+def test_notebook_config_smoke_from_environment(monkeypatch):
+    fields = {"setting": "A", "alpha": 0.5, "sweep_thresholds": None}
+    monkeypatch.setenv("EASE_SMOKE", "1")
+    config, results_dir, is_smoke = notebook_config(fields)
+    assert is_smoke and results_dir == Path("results/smoke")
+    assert {k: getattr(config, k) for k in SMOKE} == SMOKE
+    monkeypatch.delenv("EASE_SMOKE")
+    config, results_dir, is_smoke = notebook_config(fields)
+    assert not is_smoke and results_dir == Path("results") and config == RunConfig(alpha=0.5)
+
+
+# --- real runs: Dask + papermill ------------------------------------------------------------
+def test_a_record_that_does_not_match_its_id_is_reported_not_overwritten(tmp_path):
+    config = smoke(setting="A")
+    path = record_path(tmp_path, config.run_id)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"run_id": config.run_id, "config": smoke(setting="B").to_dict()}))
+    summary = run_grid([config], tmp_path, workers=1, progress=False)
+    assert [r["run_id"] for r in summary.failed] == [config.run_id] and not summary.done
+    assert "different config" in summary.failed[0]["error"]
+    assert json.loads(path.read_text())["config"]["setting"] == "B"
+
+
+def test_run_grid_on_an_existing_cluster_reports_a_failing_run(tmp_path):
+    from distributed import LocalCluster
+
+    # valid as a config, fails at run time: its corpus folder does not exist
+    bad = smoke(setting="A", corpus=str(tmp_path / "no-such-corpus"))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        summary = run_grid([bad], tmp_path / "results", scheduler=cluster.scheduler_address, progress=False)
+    assert not summary.ok and summary.done == [] and summary.skipped == []
+    [failed] = summary.failed
+    assert failed["run_id"] == bad.run_id and "no-such-corpus" in failed["error"]
+    notebook = Path(failed["notebook"])
+    assert notebook == executed_path((tmp_path / "results").resolve(), bad.run_id)
+    assert "no-such-corpus" in notebook.read_text()  # the executed notebook holds the traceback
+    assert str(notebook) in summary.report()
+    assert find_record(bad, tmp_path / "results") is None
+
+
+def _training_cell_running(notebook: Path) -> bool:
+    """Whether papermill has saved `notebook` while its training cell (the ease.run call) runs."""
+    try:
+        nb = json.loads(notebook.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or caught mid-write
+        return False
+    for cell in nb["cells"]:
+        if "ease.run(config" in "".join(cell["source"]):
+            return cell["metadata"].get("papermill", {}).get("status") == "running"
+    return False
+
+
+def _stamp(path: Path) -> tuple[int, bytes]:
+    return path.stat().st_mtime_ns, path.read_bytes()
+
+
+def test_pipeline_survives_a_kill_resumes_skips_finished_runs_and_reports_failures(tmp_path):
+    """One grid through the command line, a local cluster of 2 workers and papermill, twice.
+
+    Runs: `quick` (1 epoch), `slow` (10 epochs, killed mid-run the first time), and `broken`
+    (a corpus folder that does not exist: a valid config that fails at run time).
+    """
+    results = tmp_path / "results"
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"seeds": 1, "base": SMOKE, "runs": [
+        {"setting": "A"},
+        {"setting": "B", "max_epochs": 10, "patience": 10},
+        {"setting": "A", "corpus": str(tmp_path / "no-such-corpus")}]}))
+    quick, slow, broken = expand_grid(load_grid(grid))
+    command = [sys.executable, "-m", "ease.pipeline", "--grid", str(grid), "--results", str(results), "--workers", "2"]
+
+    # 1. quick and slow start together; once quick is recorded and slow is training, kill everything
+    log_path = tmp_path / "first.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 150
+            while not (find_record(quick, results) and _training_cell_running(executed_path(results, slow.run_id))):
+                assert proc.poll() is None, f"the pipeline ended early:\n{log_path.read_text()}"
+                assert time.monotonic() < deadline, f"the slow run never started training:\n{log_path.read_text()}"
+                time.sleep(0.2)
+            family = psutil.Process(proc.pid).children(recursive=True)
+            os.killpg(proc.pid, signal.SIGKILL)  # the pipeline and its workers die at once, as in a crash
+            proc.wait()
+            # the notebook kernels run in sessions of their own: they must notice and exit by themselves
+            _, alive = psutil.wait_procs(family, timeout=30)
+            for p in alive:
+                p.kill()
+            assert not alive, f"processes left running after the pipeline was killed: {alive}"
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert find_record(slow, results) is None  # the interrupted run left no record...
+    assert not list(results.glob("runs/*.tmp"))  # ...not even a half-written one
+    quick_record = _stamp(record_path(results, quick.run_id))
+
+    # 2. the same command again: quick is skipped, slow is run to the end, broken fails alone
+    rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 1, rerun.stdout + rerun.stderr  # non-zero: a run failed
+    assert "1 done, 1 skipped (already finished), 1 failed" in rerun.stdout
+    assert _stamp(record_path(results, quick.run_id)) == quick_record  # not retrained, not rewritten
+    record = find_record(slow, results)
+    assert record is not None and record["metrics"]["epochs_run"] >= 1
+    assert executed_path(results, slow.run_id).is_file()
+    assert find_record(broken, results) is None
+    notebook = executed_path(results.resolve(), broken.run_id)
+    assert f"FAILED {broken.run_id}" in rerun.stdout and str(notebook) in rerun.stdout
+    assert "no-such-corpus" in notebook.read_text()  # the executed notebook holds the error

@@ -1,0 +1,68 @@
+"""The built book in a real browser: headless Chromium loads pages over file://, takes screenshots
+and dumps the DOM after its scripts ran. Skipped (with the reason) where Chromium is not installed.
+
+Screenshots are kept next to the built site (OUT/screenshots/) for a person to look at.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
+                 if p and Path(p).is_file()), None)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed "
+                                "(/usr/bin/chromium; on Debian: apt-get install chromium)")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,2000"]
+TIMEOUT_S = 120
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        proc = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
+                              text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, f"chromium failed ({proc.returncode}): {proc.stderr[-2000:]}"
+    return proc
+
+
+def screenshot(page: Path, png: Path) -> Image.Image:
+    png.parent.mkdir(parents=True, exist_ok=True)
+    png.unlink(missing_ok=True)
+    chromium(f"--screenshot={png}", page.resolve().as_uri())
+    assert png.is_file(), f"no screenshot of {page}"
+    assert png.stat().st_size > 20_000, f"screenshot of {page} is suspiciously small ({png.stat().st_size} B)"
+    image = Image.open(png).convert("RGB")
+    assert image.size == (1280, 2000)
+    colours = image.getcolors(maxcolors=1_000_000) or []
+    assert len(colours) > 50, f"screenshot of {page} is (almost) a single colour: a blank page"
+    return image
+
+
+@pytest.mark.parametrize("page", ["index.html", "en/exp6.html", "ja/exp5.html"])
+def test_pages_render_in_a_browser(built_book: Path, page: str):
+    name = page.replace("/", "_").replace(".html", ".png")
+    image = screenshot(built_book / page, built_book.parent / "screenshots" / name)
+    # the page is not just the white background: a good share of it is drawn (text, tables, figures)
+    grey = image.convert("L")
+    dark = sum(grey.histogram()[:200])  # pixels darker than light grey
+    assert dark > 0.005 * grey.width * grey.height, f"{page} looks empty"
+
+
+def test_japanese_chapter_dom(built_book: Path):
+    dom = chromium("--dump-dom", (built_book / "ja" / "exp5.html").resolve().as_uri()).stdout
+    assert '<html lang="ja"' in dom
+    title = dom[dom.index("<title>") + 7:dom.index("</title>")]
+    assert "実験5" in title
+    assert "<table" in dom
+    assert "ease-lang-switch" in dom and 'href="../en/exp5.html"' in dom
+
+
+def test_landing_page_dom_links_both_languages(built_book: Path):
+    dom = chromium("--dump-dom", (built_book / "index.html").resolve().as_uri()).stdout
+    assert 'href="en/index.html"' in dom and 'href="ja/index.html"' in dom
+    assert "日本語" in dom

@@ -431,48 +431,5 @@ def thresholds_path(results_dir: str | Path, run_id: str) -> Path:
     return Path(results_dir) / "thresholds" / f"{run_id}.json"
 
 
-def plot_sweep(table, threshold: float, exit_layer: int, axes=None):
-    """Two panels of a threshold sweep table (rows of ease.exits.route): PPL against compute, with
-    the document's thresholds marked, and the share of early exits against the threshold."""
-    import matplotlib.pyplot as plt
-
-    if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(11, 4))
-    ax_cost, ax_exit = axes
-    compute, shallow = 100 * table["compute_frac"], 100 * table["shallow_frac"]
-    ax_cost.plot(compute, table["ppl"], marker=".", label="sweep")
-    doc = table[table["threshold"].isin(DOC_THRESHOLDS)]
-    ax_cost.scatter(100 * doc["compute_frac"], doc["ppl"], color="C3", zorder=3, label="document's thresholds")
-    # thresholds that route alike share a point: one label for them all
-    for (x, y), group in doc.groupby([100 * doc["compute_frac"], doc["ppl"]]):
-        ax_cost.annotate("/".join(f"{t:g}" for t in group["threshold"]), (x, y), textcoords="offset points",
-                         xytext=(-4, 6), ha="right", fontsize=8)
-    ax_cost.set(xlabel="compute (% of full depth)", ylabel="validation perplexity (routed)",
-                title="Perplexity against compute")
-    ax_cost.legend()
-    ax_exit.plot(table["threshold"], shallow, marker=".")
-    ax_exit.axvline(threshold, color="gray", linestyle="--", label=f"default threshold {threshold:g}")
-    ax_exit.set(xlabel="confidence threshold", ylabel=f"tokens exiting at layer {exit_layer} (%)",
-                title="Early exits against threshold")
-    ax_exit.legend()
-    return axes
-
-
-def recollect(config: RunConfig, results_dir: str | Path, device: str = "cpu"):
-    """Per-token exit statistics of a finished run on its validation text, from its checkpoint."""
-    from ease.data import load_corpus, make_batches
-    from ease.exits import collect_token_stats
-    from ease.train import load_checkpoint, pick_device
-
-    model, vocab = load_checkpoint(results_dir, config)
-    corpus = load_corpus(config.corpus, config.train_chars, config.val_chars, config.vocab_from)
-    if corpus.vocab != vocab:
-        raise ValueError(f"the corpus now gives a different vocabulary than the checkpoint of {config.run_id} "
-                         "was trained with: the data changed; rebuild the run")
-    dev = pick_device(device)
-    val_x, val_y = make_batches(corpus.val_ids, config.seq_len, config.batch_size)
-    return collect_token_stats(model.to(dev), val_x, val_y, config.exit_layer, dev)
-
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -1028,3 +1028,31 @@ def fig_learning_curves(grid: Grid, lang: str):
         axes[0].legend(fontsize=8)
         fig.tight_layout()
         return _finish(fig)
+
+
+# --- a single run's sweep (the notebooks' plot) -----------------------------------------------------
+def plot_sweep(table, threshold: float, exit_layer: int, axes=None):
+    """Two panels of a threshold sweep table (rows of ease.exits.route): PPL against compute, with
+    the document's thresholds marked, and the share of early exits against the threshold."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax_cost, ax_exit = axes
+    compute, shallow = 100 * table["compute_frac"], 100 * table["shallow_frac"]
+    ax_cost.plot(compute, table["ppl"], marker=".", label="sweep")
+    doc = table[table["threshold"].isin(DOC_THRESHOLDS)]
+    ax_cost.scatter(100 * doc["compute_frac"], doc["ppl"], color="C3", zorder=3, label="document's thresholds")
+    # thresholds that route alike share a point: one label for them all
+    for (x, y), group in doc.groupby([100 * doc["compute_frac"], doc["ppl"]]):
+        ax_cost.annotate("/".join(f"{t:g}" for t in group["threshold"]), (x, y), textcoords="offset points",
+                         xytext=(-4, 6), ha="right", fontsize=8)
+    ax_cost.set(xlabel="compute (% of full depth)", ylabel="validation perplexity (routed)",
+                title="Perplexity against compute")
+    ax_cost.legend()
+    ax_exit.plot(table["threshold"], shallow, marker=".")
+    ax_exit.axvline(threshold, color="gray", linestyle="--", label=f"default threshold {threshold:g}")
+    ax_exit.set(xlabel="confidence threshold", ylabel=f"tokens exiting at layer {exit_layer} (%)",
+                title="Early exits against threshold")
+    ax_exit.legend()
+    return axes

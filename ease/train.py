@@ -13,7 +13,7 @@ from tqdm import tqdm  # plain text bar: also fine in notebooks without ipywidge
 
 from ease.config import RunConfig
 from ease.data import CharCorpus, load_corpus, make_batches
-from ease.exits import collect_token_stats, summary, sweep
+from ease.exits import TokenStats, collect_token_stats, summary, sweep
 from ease.losses import trained_layers, weighted_loss
 from ease.model import EarlyExitLM, ModelConfig
 from ease.results import atomic_write, checkpoint_path, find_record, record_path, write_json
@@ -167,3 +167,15 @@ def load_checkpoint(results_dir: str | Path, config: RunConfig) -> tuple[EarlyEx
     model = build_model(config, len(state["vocab"]))
     model.load_state_dict(state["model"])
     return model.eval(), state["vocab"]
+
+
+def collect_run_stats(config: RunConfig, results_dir: str | Path, device: str = "cpu") -> TokenStats:
+    """Per-token exit statistics of a finished run on its validation text, from its checkpoint."""
+    model, vocab = load_checkpoint(results_dir, config)
+    corpus = load_corpus(config.corpus, config.train_chars, config.val_chars, config.vocab_from)
+    if corpus.vocab != vocab:
+        raise ValueError(f"the corpus now gives a different vocabulary than the checkpoint of {config.run_id} "
+                         "was trained with: the data changed; rebuild the run")
+    dev = pick_device(device)
+    val_x, val_y = make_batches(corpus.val_ids, config.seq_len, config.batch_size)
+    return collect_token_stats(model.to(dev), val_x, val_y, config.exit_layer, dev)

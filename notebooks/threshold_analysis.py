@@ -34,7 +34,9 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 
 import ease
 from ease.exits import sweep as route_all
-from ease.pipeline import analysis_thresholds, notebook_config, plot_sweep, recollect, thresholds_path
+from ease.pipeline import analysis_thresholds, notebook_config, thresholds_path
+from ease.report import plot_sweep
+from ease.train import collect_run_stats
 from ease.results import find_record, write_json
 
 sns.set_theme(style="whitegrid")
@@ -99,7 +101,7 @@ print("run id:", config.run_id)
 # the last layer. Every threshold is then routed from these numbers.
 
 # %%
-stats = recollect(config, results_dir, device=device)
+stats = collect_run_stats(config, results_dir, device=device)
 table = pd.DataFrame(route_all(stats, thresholds))
 table["compute_pct"] = 100 * table["compute_frac"]
 table["shallow_pct"] = 100 * table["shallow_frac"]

@@ -35,7 +35,8 @@ from matplotlib.ticker import MaxNLocator
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 import ease
-from ease.pipeline import notebook_config, plot_sweep
+from ease.pipeline import notebook_config
+from ease.report import plot_sweep
 
 sns.set_theme(style="whitegrid")
 

@@ -52,6 +52,7 @@ import dataclasses
 import itertools
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -226,7 +227,30 @@ def notebook_parameters(config: RunConfig, results_dir: str | Path, device: str 
 
 def execute_run(config_dict: dict, results_dir: str, notebook_json: str, cwd: str | None,
                 device: str = "cpu") -> dict:
-    """Run one config through the notebook (on a Dask worker); never raises, reports instead."""
+    """Run one config through the notebook (on a Dask worker); never raises, reports instead.
+
+    papermill runs in a child process whose environment drops MALLOC_TRIM_THRESHOLD_: Dask's
+    nanny sets it for its workers (65536), and a kernel inheriting it spends its time returning
+    memory to the system (measured: training at 13,800 instead of 31,500 tokens/s).
+    """
+    args = {"config_dict": config_dict, "results_dir": results_dir, "notebook_json": notebook_json,
+            "cwd": cwd, "device": device}
+    child = ("import json, sys; from ease.pipeline import execute_notebook; "
+             "print(json.dumps(execute_notebook(**json.load(sys.stdin))))")
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    proc = subprocess.run([sys.executable, "-c", child], input=json.dumps(args), capture_output=True, text=True,
+                          env=env)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):  # the child itself died: report its last words
+        run_id = RunConfig.from_dict(config_dict).run_id
+        return {"run_id": run_id, "notebook": str(executed_path(results_dir, run_id)), "status": "failed",
+                "error": f"runner exited with {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
+
+
+def execute_notebook(config_dict: dict, results_dir: str, notebook_json: str, cwd: str | None,
+                     device: str = "cpu") -> dict:
+    """Execute the training notebook for one config with papermill; never raises, reports instead."""
     import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError

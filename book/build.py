@@ -1,11 +1,13 @@
 """Build the bilingual book: book/en and book/ja as two Sphinx projects under one site.
 
-    python book/build.py [--results DIR] [--out DIR] [--lang en ja] [--serial]
+    python book/build.py [--results DIR] [--out DIR] [--lang en ja] [--parallel]
 
 The site lands in OUT/html (default OUT: _build at the repository root): OUT/html/index.html is a
 landing page linking OUT/html/en/ and OUT/html/ja/. Each language is a Jupyter Book built with
-the root _config.yml and _toc.yml plus its overrides from book/languages.yml; the two run in
-parallel (one process each). Any Sphinx warning or cell error fails the build.
+the root _config.yml and _toc.yml plus its overrides from book/languages.yml; the two run one after
+the other (--parallel runs them at once; kernels started at the same moment by two processes can
+race for the same TCP port, which once failed a build here). Any Sphinx warning or cell error fails
+the build.
 
 Records come from --results, else $EASE_RESULTS, else results/ at the repository root. Every run
 of the book's grid must have its executed notebook in RESULTS/executed/<run_id>.ipynb: those are
@@ -197,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", help="results folder (default: $EASE_RESULTS, else results/)")
     parser.add_argument("--out", default=str(ROOT / "_build"), help="build folder; the site goes to OUT/html")
     parser.add_argument("--lang", nargs="+", choices=LANGS, default=list(LANGS), help="languages to build")
-    parser.add_argument("--serial", action="store_true", help="build one language after the other")
+    parser.add_argument("--parallel", action="store_true",
+                        help="build the languages at once (faster; rarely, two kernels race for a port)")
     parser.add_argument("--worker", choices=LANGS, help=argparse.SUPPRESS)  # internal: one language's build
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
@@ -232,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         stamp.write_text(digest)
         language_config(lang, work)
-    run_builds(args.lang, out, args.serial)
+    run_builds(args.lang, out, serial=not args.parallel)
     site = publish(args.lang, out)
     print(f"book: built in {time.perf_counter() - start:.0f} s; open {site / 'index.html'}")
     return 0

@@ -238,14 +238,20 @@ def execute_run(config_dict: dict, results_dir: str, notebook_json: str, cwd: st
     child = ("import json, sys; from ease.pipeline import execute_notebook; "
              "print(json.dumps(execute_notebook(**json.load(sys.stdin))))")
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
-    proc = subprocess.run([sys.executable, "-c", child], input=json.dumps(args), capture_output=True, text=True,
-                          env=env)
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):  # the child itself died: report its last words
-        run_id = RunConfig.from_dict(config_dict).run_id
-        return {"run_id": run_id, "notebook": str(executed_path(results_dir, run_id)), "status": "failed",
-                "error": f"runner exited with {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
+    for attempt in (1, 2):
+        proc = subprocess.run([sys.executable, "-c", child], input=json.dumps(args), capture_output=True,
+                              text=True, env=env)
+        try:
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):  # the child itself died: report its last words
+            run_id = RunConfig.from_dict(config_dict).run_id
+            result = {"run_id": run_id, "notebook": str(executed_path(results_dir, run_id)), "status": "failed",
+                      "error": f"runner exited with {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
+        # Two kernels starting at once in different processes can pick the same free TCP port; the
+        # loser never starts. That is no fault of the run: start it once more.
+        if result["status"] == "done" or "Kernel didn't respond" not in result.get("error", ""):
+            break
+    return result
 
 
 def execute_notebook(config_dict: dict, results_dir: str, notebook_json: str, cwd: str | None,

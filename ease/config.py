@@ -126,16 +126,26 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        """A config from field values (a record's config, a grid entry, notebook parameters).
+
+        Unknown fields are an error. Weights stored with setting A or B (records keep them for
+        readers) are accepted when they are the derived ones; other weights need setting "custom".
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"RunConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
         d = dict(d)
-        if d.get("setting", "A") != "custom":
-            d.pop("weights", None)  # derived from setting and alpha; stored only for readers
-        if "sweep_thresholds" in d:
+        if isinstance(d.get("sweep_thresholds"), list):
             d["sweep_thresholds"] = tuple(d["sweep_thresholds"])
-        return cls(**d)
+        if d.get("setting", "A") != "custom" and d.get("weights") is not None:
+            derived = cls(**{**d, "weights": None})
+            if _same_weights(d["weights"], derived.weights):
+                return derived
+        try:
+            return cls(**d)
+        except TypeError as exc:  # a value of the wrong kind, e.g. sweep_thresholds that is not a list
+            raise ValueError(f"RunConfig: {exc}") from None
 
     def replace(self, **changes: Any) -> "RunConfig":
         if "setting" in changes or "alpha" in changes:
@@ -157,3 +167,10 @@ def _check_threshold(value: Any, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"RunConfig: {what} must be a finite number >= 0 (above 1 means no early exit), "
                          f"got {value!r}")
+
+
+def _same_weights(given: Any, derived: dict[int, float]) -> bool:
+    try:
+        return {int(k): float(v) for k, v in given.items()} == derived
+    except (AttributeError, TypeError, ValueError):
+        return False

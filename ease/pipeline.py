@@ -48,7 +48,6 @@ started in.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import os
@@ -84,7 +83,6 @@ BUILTIN_GRIDS: dict[str, dict] = {
     },
 }
 GRID_KEYS = {"description", "seeds", "base", "runs"}
-CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 
 
 class GridError(ValueError):
@@ -92,17 +90,6 @@ class GridError(ValueError):
 
 
 # --- configs -------------------------------------------------------------------------------
-def make_config(fields: dict[str, Any]) -> RunConfig:
-    """A RunConfig from field values, naming unknown fields (unlike RunConfig(**fields)'s TypeError)."""
-    unknown = sorted(set(fields) - set(CONFIG_FIELDS))
-    if unknown:
-        raise ValueError(f"unknown RunConfig field(s) {unknown}; known fields are {sorted(CONFIG_FIELDS)}")
-    try:
-        return RunConfig(**fields)
-    except TypeError as exc:  # e.g. sweep_thresholds that is not a list
-        raise ValueError(f"RunConfig: {exc}") from None
-
-
 def smoke_config(config: RunConfig) -> RunConfig:
     """The same config at smoke size."""
     return config.replace(**SMOKE)
@@ -186,7 +173,7 @@ def expand_grid(grid: dict, seeds: int | None = None, smoke: bool = False) -> li
         try:
             combos = _expand_entry(fields)
             for combo in combos:  # validate every combination now, before anything runs
-                config = make_config({**combo, "seed": seed_list[0]})
+                config = RunConfig.from_dict({**combo, "seed": seed_list[0]})
                 if smoke:
                     smoke_config(config)
         except (GridError, ValueError) as exc:
@@ -197,7 +184,7 @@ def expand_grid(grid: dict, seeds: int | None = None, smoke: bool = False) -> li
     for seed in seed_list:
         for combos in per_entry:
             for combo in combos:
-                config = make_config({**combo, "seed": seed})
+                config = RunConfig.from_dict({**combo, "seed": seed})
                 if smoke:
                     config = smoke_config(config)
                 configs.setdefault(config.run_id, config)
@@ -238,7 +225,7 @@ def execute_run(config_dict: dict, results_dir: str, notebook_json: str, cwd: st
     child = ("import json, sys; from ease.pipeline import execute_notebook; "
              "print(json.dumps(execute_notebook(**json.load(sys.stdin))))")
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
-    for attempt in (1, 2):
+    for _ in range(2):
         proc = subprocess.run([sys.executable, "-c", child], input=json.dumps(args), capture_output=True,
                               text=True, env=env)
         try:
@@ -440,7 +427,7 @@ def notebook_config(fields: dict[str, Any], smoke: bool | None = None,
     fields = dict(fields)
     if fields.get("sweep_thresholds") is None:
         fields.pop("sweep_thresholds", None)
-    config = make_config(fields)
+    config = RunConfig.from_dict(fields)
     if smoke:
         config = smoke_config(config)
     return config, Path(results_dir or (SMOKE_RESULTS if smoke else DEFAULT_RESULTS)), smoke

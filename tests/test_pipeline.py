@@ -5,6 +5,7 @@ data (EASE_DATA_DIR or the hub) and takes about a minute on two cores.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -19,11 +20,12 @@ import psutil
 import pytest
 
 from ease.config import DOC_THRESHOLDS, RunConfig
-from ease.pipeline import (CONFIG_FIELDS, SMOKE, TRAIN_NOTEBOOK, GridError, executed_path, expand_grid,
+from ease.pipeline import (SMOKE, TRAIN_NOTEBOOK, GridError, executed_path, expand_grid,
                            load_grid, main, notebook_config, notebook_parameters, run_grid)
 from ease.results import find_record, record_path
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 
 
 def smoke(**fields) -> RunConfig:

@@ -14,7 +14,7 @@ APT_PACKAGES := fonts-noto-cjk chromium
 .PHONY: book test reproduce setup system-deps bench smoke clean
 
 book: setup
-	$(PY) -m ease.pipeline --grid exp5-6 --results $(RESULTS)
+	$(PY) -m ease.pipeline --book --results $(RESULTS)
 	$(PY) book/build.py --results $(RESULTS)
 
 test: setup
@@ -22,7 +22,7 @@ test: setup
 
 # Discard the canonical records and re-run every run from scratch, then rebuild the book.
 reproduce: setup
-	rm -rf $(RESULTS)/runs $(RESULTS)/executed
+	rm -rf $(RESULTS)/runs $(RESULTS)/executed $(RESULTS)/analysis
 	$(MAKE) book
 
 # A tiny grid (seconds per run) to try the pipeline end to end.

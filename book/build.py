@@ -14,7 +14,8 @@ of the book's grid must have its executed notebook in RESULTS/executed/<run_id>.
 copied into book/<lang>/appendix/runs/ (git-ignored) and rendered as they are, never re-executed.
 
 Page execution is cached (jupyter-cache). The cache only sees a page's own text, so this script
-hashes everything else a page's output depends on (records, ease/*.py, the published values)
+hashes everything else a page's output depends on (records, analyses, benchmark results,
+ease/*.py, the published values)
 and starts each language afresh when that hash changes.
 """
 from __future__ import annotations
@@ -75,7 +76,8 @@ def language_config(lang: str, work: Path) -> Path:
 def inputs_hash(results: Path) -> str:
     """What page outputs depend on besides the pages' own text."""
     digest = hashlib.sha256()
-    files = sorted((results / "runs").glob("*.json")) + sorted((ROOT / "ease").glob("*.py")) + \
+    files = sorted((results / "runs").glob("*.json")) + sorted((results / "analysis").glob("*.json")) + \
+        sorted((results / "bench").glob("*.json")) + sorted((ROOT / "ease").glob("*.py")) + \
         [BOOK / "data" / "published.yaml"]
     for path in files:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")

@@ -20,6 +20,11 @@ DOC_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)
 FINE_THRESHOLDS = tuple(round(i * 0.025, 3) for i in range(41))
 NORMS = ("post", "pre")
 VOCAB_SOURCES = ("train+valid", "train")
+LR_SCHEDULES = ("constant", "cosine")
+SWEEP_WEIGHTS = ("best", "last")
+# Fields added after records were first published. They enter the run_id hash only when they
+# differ from these defaults, so every record made before they existed keeps its id.
+LATER_FIELDS = {"lr_schedule": "constant", "sweep_weights": "best"}
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,7 @@ class RunConfig:
     n_heads: int = 4
     norm: str = "post"  # "post" as in the original code, or "pre"
     # data
-    corpus: str = "wikitext-2"  # "wikitext-2" or a folder holding train.txt and valid.txt
+    corpus: str = "wikitext-2"  # "wikitext-2", "placeholder" (see ease.data), or a folder with train.txt, valid.txt
     train_chars: int = 200_000
     val_chars: int = 20_000
     vocab_from: str = "train+valid"  # the original code built its vocabulary from both texts
@@ -48,10 +53,14 @@ class RunConfig:
     grad_clip: float = 1.0
     max_epochs: int = 50
     patience: int = 0  # 0: stop at the first epoch whose validation PPL is worse
+    lr_schedule: str = "constant"  # "constant" as in the original, or "cosine" (decay to 0 over max_epochs)
     # early exit
     exit_layer: int = 1
     threshold: float = 0.95
     sweep_thresholds: tuple[float, ...] = field(default=FINE_THRESHOLDS)
+    # "best": sweep the kept (best-epoch) weights; "last": sweep the weights of the last epoch run,
+    # as the original code did after early stopping (its results table used the best epoch)
+    sweep_weights: str = "best"
 
     def __post_init__(self) -> None:
         def fail(msg: str) -> None:
@@ -75,6 +84,10 @@ class RunConfig:
             fail(f"shuffle must be true or false, got {self.shuffle!r}")
         if self.norm not in NORMS:
             fail(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            fail(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.sweep_weights not in SWEEP_WEIGHTS:
+            fail(f"sweep_weights must be one of {SWEEP_WEIGHTS}, got {self.sweep_weights!r}")
         if self.vocab_from not in VOCAB_SOURCES:
             fail(f"vocab_from must be one of {VOCAB_SOURCES}, got {self.vocab_from!r}")
         if not 1 <= self.exit_layer <= self.n_layers:
@@ -84,7 +97,7 @@ class RunConfig:
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 fail(f"{name} must be a positive number, got {value!r}")
         if not isinstance(self.corpus, str) or not self.corpus:
-            fail(f"corpus must be 'wikitext-2' or a folder path, got {self.corpus!r}")
+            fail(f"corpus must be 'wikitext-2', 'placeholder' or a folder path, got {self.corpus!r}")
         _check_threshold(self.threshold, "threshold")
         if isinstance(self.sweep_thresholds, (str, bytes)) or not hasattr(self.sweep_thresholds, "__iter__"):
             fail(f"sweep_thresholds must be a list of numbers, got {self.sweep_thresholds!r}")
@@ -157,7 +170,8 @@ class RunConfig:
     @property
     def run_id(self) -> str:
         """Readable prefix plus a hash of the whole config."""
-        digest = hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        hashed = {k: v for k, v in self.to_dict().items() if LATER_FIELDS.get(k, object()) != v}
+        digest = hashlib.sha1(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:10]
         alpha = "" if self.alpha is None else f"-a{self.alpha:g}"
         return f"{self.setting}{alpha}-L{self.n_layers}-s{self.seed}-{digest}"
 

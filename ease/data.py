@@ -4,6 +4,11 @@ Source order: the folder named by the environment variable EASE_DATA_DIR (holdin
 valid.txt and test.txt, the tokenized "wikitext-2-v1" release), else the Hugging Face hub
 dataset Salesforce/wikitext, config wikitext-2-v1 (the same text). A corpus may also be any
 folder with train.txt and valid.txt. Missing data is an error; no text is ever made up.
+
+The one exception is asked for by name: corpus "placeholder" is the text the original
+experiment code trained on, without a warning, when its data files were missing (see
+`placeholder_text`). It exists to test whether the published numbers came from it; it is never
+a fallback.
 """
 from __future__ import annotations
 
@@ -17,6 +22,13 @@ DATA_ENV = "EASE_DATA_DIR"
 HUB_DATASET = ("Salesforce/wikitext", "wikitext-2-v1")
 SPLIT_FILES = {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"}
 UNKNOWN_CHAR = "\ufffd"  # stands for validation characters missing from a train-only vocabulary
+
+
+PLACEHOLDER = "placeholder"
+# The original code's stand-in texts and the lengths it divided by to repeat them (the second
+# sentence is 36 characters long, yet the original divided by 35, so its text overshoots).
+PLACEHOLDER_SENTENCES = {"train": ("The quick brown fox jumps over the lazy dog. ", 45),
+                         "valid": ("A quick brown dog runs in the park. ", 35)}
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -48,6 +60,8 @@ def load_split(split: str, corpus: str = "wikitext-2") -> str:
     """The full text of one split ("train", "valid" or "test")."""
     if split not in SPLIT_FILES:
         raise ValueError(f"unknown split {split!r}: use one of {sorted(SPLIT_FILES)}")
+    if corpus == PLACEHOLDER:
+        raise ValueError("the placeholder corpus has no fixed split text; use load_corpus or placeholder_text")
     if corpus != "wikitext-2":
         folder = Path(corpus).expanduser()
         if not folder.is_dir():
@@ -73,6 +87,18 @@ def load_split(split: str, corpus: str = "wikitext-2") -> str:
             "WikiText-2 could not be loaded. Either set EASE_DATA_DIR to a folder holding train.txt, valid.txt "
             "and test.txt (the tokenized wikitext-2-v1 release), or allow access to the Hugging Face hub "
             f"dataset {HUB_DATASET[0]} (config {HUB_DATASET[1]}). Hub error: {exc}") from exc
+
+
+def placeholder_text(split: str, chars: int) -> str:
+    """The original code's stand-in text for `chars` characters of a split, exactly as it made it:
+    its sentence repeated `chars // divisor` times (so 100,000 train characters give 99,990 and
+    10,000 validation characters give 10,260)."""
+    if split not in PLACEHOLDER_SENTENCES:
+        raise ValueError(f"the placeholder corpus has splits {sorted(PLACEHOLDER_SENTENCES)}, not {split!r}")
+    sentence, divisor = PLACEHOLDER_SENTENCES[split]
+    if chars < divisor:
+        raise ValueError(f"the placeholder {split} text needs at least {divisor} characters, got {chars}")
+    return sentence * (chars // divisor)
 
 
 @dataclass
@@ -109,7 +135,12 @@ def build_corpus(train_text: str, val_text: str, vocab_from: str = "train+valid"
 
 def load_corpus(corpus: str = "wikitext-2", train_chars: int = 200_000, val_chars: int = 20_000,
                 vocab_from: str = "train+valid") -> CharCorpus:
-    """The first `train_chars` of the train split and the first `val_chars` of the validation split."""
+    """The first `train_chars` of the train split and the first `val_chars` of the validation split.
+
+    For the "placeholder" corpus the sizes go through the original code's formula instead.
+    """
+    if corpus == PLACEHOLDER:
+        return build_corpus(placeholder_text("train", train_chars), placeholder_text("valid", val_chars), vocab_from)
     train_text = load_split("train", corpus)[:train_chars]
     val_text = load_split("valid", corpus)[:val_chars]
     if len(train_text) < train_chars or len(val_text) < val_chars:

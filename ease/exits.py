@@ -78,3 +78,98 @@ def collect_token_stats(model, inputs: torch.Tensor, targets: torch.Tensor, exit
     model.train(was_training)
     return TokenStats(torch.cat(conf).cpu(), torch.cat(ce_exit).cpu(), torch.cat(ce_last).cpu(),
                       exit_layer, n_layers)
+
+
+# --- other confidence measures and oracles -------------------------------------------------------
+# Each measure is a score per token, higher meaning "more sure at the exit layer", so every
+# measure routes the same way: the tokens with the highest scores exit.
+MEASURES = {
+    "max_prob": "maximum softmax probability at the exit layer (the document's rule)",
+    "entropy": "negative entropy of the exit layer's distribution",
+    "margin": "top-1 minus top-2 probability at the exit layer",
+    "cosine": "cosine similarity of the exit layer's and the last layer's hidden states",
+}
+
+
+@dataclass
+class ExitMeasures:
+    """Per-token scores of every measure, both layers' CEs and whether their argmaxes agree."""
+
+    scores: dict[str, torch.Tensor]
+    ce_exit: torch.Tensor
+    ce_last: torch.Tensor
+    agree: torch.Tensor  # exit layer's argmax == last layer's argmax
+
+    def __len__(self) -> int:
+        return self.ce_exit.numel()
+
+
+def measure_scores(logits_exit: torch.Tensor, hidden_exit: torch.Tensor,
+                   hidden_last: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The scores of every measure in MEASURES for flat [N, vocab] logits and [N, dim] states."""
+    log_p = F.log_softmax(logits_exit.float(), dim=-1)
+    p = log_p.exp()
+    top2 = p.topk(2, dim=-1).values if p.size(-1) > 1 else torch.cat([p, torch.zeros_like(p)], dim=-1)
+    return {
+        "max_prob": top2[:, 0],
+        "entropy": (p * log_p).sum(dim=-1),  # = -entropy; 0·log 0 is 0 here as log_softmax is finite
+        "margin": top2[:, 0] - top2[:, 1],
+        "cosine": F.cosine_similarity(hidden_exit.float(), hidden_last.float(), dim=-1),
+    }
+
+
+@torch.no_grad()
+def collect_exit_measures(model, inputs: torch.Tensor, targets: torch.Tensor, exit_layer: int = 1,
+                          device: str | torch.device = "cpu") -> ExitMeasures:
+    """One pass over batches [n_batches, B, T]: every measure's score and both layers' CEs per token."""
+    n_layers = model.cfg.n_layers
+    if not 1 <= exit_layer < n_layers:
+        raise ValueError(f"exit_layer must be within 1..{n_layers - 1} (below the last layer), got {exit_layer}")
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {"ce_exit": [], "ce_last": [], "agree": []}
+    scores: dict[str, list[torch.Tensor]] = {name: [] for name in MEASURES}
+    for x, y in zip(inputs, targets):
+        x, y = x.to(device), y.reshape(-1).to(device)
+        states = model.hidden_states(x, layers=(exit_layer, n_layers))
+        h_exit, h_last = (states[k].reshape(y.numel(), -1) for k in (exit_layer, n_layers))
+        logits_exit, logits_last = model.head(h_exit).float(), model.head(h_last).float()
+        for name, value in measure_scores(logits_exit, h_exit, h_last).items():
+            scores[name].append(value)
+        parts["ce_exit"].append(F.cross_entropy(logits_exit, y, reduction="none"))
+        parts["ce_last"].append(F.cross_entropy(logits_last, y, reduction="none"))
+        parts["agree"].append(logits_exit.argmax(-1) == logits_last.argmax(-1))
+    model.train(was_training)
+    cat = {k: torch.cat(v).cpu() for k, v in parts.items()}
+    return ExitMeasures({k: torch.cat(v).cpu() for k, v in scores.items()}, cat["ce_exit"], cat["ce_last"],
+                        cat["agree"])
+
+
+def matched_ppl(scores: torch.Tensor, ce_exit: torch.Tensor, ce_last: torch.Tensor,
+                fractions: Iterable[float]) -> list[float]:
+    """Routed PPL when the given fraction of tokens, those with the highest scores, exits early.
+
+    Ranking by score puts every measure on the same axis (Shallow%), whatever its scale: this is
+    sweeping each measure's threshold and reading the curve at matched Shallow%. Ties keep token
+    order (stable sort), so the result is deterministic.
+    """
+    n = ce_exit.numel()
+    if not (scores.numel() == n == ce_last.numel()) or n == 0:
+        raise ValueError("scores, ce_exit and ce_last must be non-empty and of the same length")
+    order = torch.sort(scores.double(), descending=True, stable=True).indices
+    gain = (ce_exit.double() - ce_last.double())[order]  # CE change when that token exits
+    cum = torch.cat([torch.zeros(1, dtype=torch.float64), gain.cumsum(0)])
+    base = ce_last.double().sum()
+    out = []
+    for f in fractions:
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"shallow fractions must be within [0, 1], got {f}")
+        k = int(round(f * n))
+        out.append(math.exp(((base + cum[k]) / n).item()))
+    return out
+
+
+def oracle_ppl(ce_exit: torch.Tensor, ce_last: torch.Tensor, fractions: Iterable[float]) -> list[float]:
+    """The best PPL any exit rule can reach at each Shallow%: the tokens that exit are those whose
+    exit-layer prediction loses least (or gains most) against the last layer's."""
+    return matched_ppl(ce_last.double() - ce_exit.double(), ce_exit, ce_last, fractions)

@@ -115,6 +115,10 @@ class EarlyExitLM(nn.Module):
         Blocks above the highest requested layer are not run, and the head is applied only to the
         requested layers, so a layer nobody asks for costs no head matmul.
         """
+        return {layer: self.head(h) for layer, h in self.hidden_states(idx, layers).items()}
+
+    def hidden_states(self, idx: torch.Tensor, layers: Iterable[int] | None = None) -> dict[int, torch.Tensor]:
+        """What the head reads at each requested layer: {layer: [B, T, dim]} (see `forward`)."""
         wanted = sorted(set(layers)) if layers is not None else [self.cfg.n_layers]
         if not wanted or wanted[0] < 1 or wanted[-1] > self.cfg.n_layers:
             raise ValueError(f"layers must be within 1..{self.cfg.n_layers}, got {wanted}")
@@ -123,9 +127,9 @@ class EarlyExitLM(nn.Module):
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         h = self.embed(idx)
-        logits = {}
+        states = {}
         for layer, block in enumerate(self.blocks[:wanted[-1]], start=1):
             h = block(h, cos, sin)
             if layer in wanted:
-                logits[layer] = self.head(self.final_norm(h))
-        return logits
+                states[layer] = self.final_norm(h)
+        return states

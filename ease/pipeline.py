@@ -2,16 +2,17 @@
 
 Usage::
 
-    python -m ease.pipeline [--grid NAME_OR_PATH] [--seeds N] [--smoke] [--results DIR]
+    python -m ease.pipeline [--grid NAME_OR_PATH ... | --book] [--seeds N] [--smoke] [--results DIR]
                             [--scheduler ADDRESS] [--workers N] [--device DEV] [--dry-run]
 
 Each run executes ``notebooks/train_run.py`` (read with jupytext, parameters injected by
 papermill); the executed notebook is kept at ``DIR/executed/<run_id>.ipynb`` and the run's
-record and checkpoint land in ``DIR/runs/`` (``ease.run`` writes them). A run whose record
-already exists is not trained again, so an interrupted pipeline resumes where it stopped (if
-its executed notebook is missing, the notebook runs from the record in seconds); a failed run
-is reported with its executed notebook and the others still finish. The exit status is 0
-only if no run failed.
+record and checkpoint land in ``DIR/runs/`` (``ease.run`` writes them), then the checkpoint
+analysis (``ease.analysis``) lands in ``DIR/analysis/``. A run whose record already exists is
+not trained again, so an interrupted pipeline resumes where it stopped (if its executed
+notebook is missing, the notebook runs from the record in seconds; a missing analysis is
+computed from the checkpoint); a failed run is reported with its executed notebook and the
+others still finish. The exit status is 0 only if no run failed.
 
 Runs are scheduled on Dask distributed: by default on a local cluster of one single-threaded
 worker process per CPU core (``--workers`` to change), with no dashboard; ``--scheduler
@@ -21,13 +22,20 @@ shared file system).
 
 Grids
 -----
-``--grid`` takes a builtin name (``exp5-6``, the default: the document's Experiments 5 and 6)
-or a YAML/JSON file such as ``examples/grid.yaml``::
+``--grid`` takes builtin names or YAML/JSON files, run one after the other. Builtin grids:
+``exp5-6`` (the default: the document's Experiments 5 and 6, five seeds), ``forensics`` (the
+document's grid at the original code's sizes and rules, on WikiText-2 and on the original's
+placeholder text), ``dense`` (1-, 2- and 3-layer models with the last layer's loss only),
+``regimes`` (the document's configurations trained with cosine decay and patience) and
+``alpha`` (α from 0 to 1 by 0.1 for A and B). ``--book`` runs every grid the book reads; only
+``exp5-6``'s runs get lab notebooks there (the others need records and analyses). A grid file
+looks like ``examples/grid.yaml``::
 
     description: any text            # optional
     seeds: 3                         # optional: seeds 0..N-1, or an explicit list [0, 4]; default 3
     base:                            # optional: RunConfig fields shared by every run
       max_epochs: 30
+    analyse: false                   # optional: also compute each run's checkpoint analysis
     runs:                            # required: one entry per group of runs
       - {setting: A, alpha: [0.3, 0.5, 0.7]}           # a list means "each of these": 3 configs
       - {setting: B, alpha: 0.7, norm: [post, pre]}    # several lists: their product, 2 configs
@@ -75,14 +83,50 @@ TRAIN_NOTEBOOK = NOTEBOOKS_DIR / "train_run.py"
 BUILTIN_GRIDS: dict[str, dict] = {
     "exp5-6": {
         "description": "Experiment 5: setting A at alpha 0.3, 0.5, 0.7. Experiment 6: setting B at alpha 0.7, "
-                       "compared with A at 0.7. Every run sweeps thresholds (the default fine grid holds the "
-                       "document's 0.5, 0.7, 0.8, 0.9, 0.95).",
-        "seeds": DEFAULT_SEEDS,
+                       "compared with A at 0.7. Five seeds (the claims chapter compares them paired). Every "
+                       "run sweeps thresholds (the default fine grid holds the document's 0.5, 0.7, 0.8, 0.9, "
+                       "0.95).",
+        "seeds": 5,
+        "analyse": True,
+        "runs": [{"setting": "A", "alpha": [0.3, 0.5, 0.7]},
+                 {"setting": "B", "alpha": 0.7}],
+    },
+    # The audit of the document (book chapters "Forensics", "Claims" and "Beyond the document").
+    "forensics": {
+        "description": "The document's grid with the original code's sizes and rules (100K train and 10K "
+                       "validation characters, stop at the first worse epoch, sweep the last epoch's weights) "
+                       "on WikiText-2 and on the original code's placeholder text.",
+        "seeds": 5,
+        "analyse": True,
+        "base": {"train_chars": 100_000, "val_chars": 10_000, "sweep_weights": "last",
+                 "corpus": ["wikitext-2", "placeholder"]},
+        "runs": [{"setting": "A", "alpha": [0.3, 0.5, 0.7]},
+                 {"setting": "B", "alpha": 0.7}],
+    },
+    "dense": {
+        "description": "Dense baselines: standard 1-, 2- and 3-layer models trained on the last layer's loss "
+                       "only, same data and rules as the document's runs.",
+        "seeds": 5,
+        "runs": [{"setting": "custom", "alpha": None, "n_layers": n, "weights": {n: 1.0}} for n in (1, 2, 3)],
+    },
+    "alpha": {
+        "description": "alpha from 0.0 to 1.0 in steps of 0.1 for settings A and B (three seeds).",
+        "seeds": 3,
+        "runs": [{"setting": ["A", "B"], "alpha": [round(0.1 * i, 1) for i in range(11)]}],
+    },
+    "regimes": {
+        "description": "The claims' configurations trained well: cosine learning-rate decay over 20 epochs and "
+                       "patience 3, instead of stopping at the first worse epoch with a constant rate.",
+        "seeds": 5,
+        "base": {"lr_schedule": "cosine", "max_epochs": 20, "patience": 3},
         "runs": [{"setting": "A", "alpha": [0.3, 0.5, 0.7]},
                  {"setting": "B", "alpha": 0.7}],
     },
 }
-GRID_KEYS = {"description", "seeds", "base", "runs"}
+# The grids the book reads, in the order `--book` runs them. Only the first one's runs get lab
+# notebooks in the book's appendix; the others need their records and analyses.
+BOOK_GRIDS = ("exp5-6", "forensics", "dense", "regimes", "alpha")
+GRID_KEYS = {"description", "seeds", "base", "runs", "analyse"}
 
 
 class GridError(ValueError):
@@ -154,6 +198,8 @@ def expand_grid(grid: dict, seeds: int | None = None, smoke: bool = False) -> li
     unknown = sorted(set(grid) - GRID_KEYS)
     if unknown:
         raise GridError(f"unknown grid key(s) {unknown}; a grid has {sorted(GRID_KEYS)}")
+    if not isinstance(grid.get("analyse", False), bool):
+        raise GridError(f"grid 'analyse' must be true or false, got {grid['analyse']!r}")
     seed_list = _grid_seeds(grid.get("seeds", DEFAULT_SEEDS) if seeds is None else seeds)
     base = grid.get("base") or {}
     if not isinstance(base, dict):
@@ -212,18 +258,19 @@ def notebook_parameters(config: RunConfig, results_dir: str | Path, device: str 
     return {**params, "results_dir": str(results_dir), "device": device, "smoke": False}
 
 
-def execute_run(config_dict: dict, results_dir: str, notebook_json: str, cwd: str | None,
-                device: str = "cpu") -> dict:
-    """Run one config through the notebook (on a Dask worker); never raises, reports instead.
+def execute_run(config_dict: dict, results_dir: str, notebook_json: str | None, cwd: str | None,
+                device: str = "cpu", analyse: bool = True) -> dict:
+    """One run's work (on a Dask worker): the notebook (unless `notebook_json` is None), then the
+    checkpoint analysis (ease.analysis). Never raises, reports instead.
 
-    papermill runs in a child process whose environment drops MALLOC_TRIM_THRESHOLD_: Dask's
+    The work runs in a child process whose environment drops MALLOC_TRIM_THRESHOLD_: Dask's
     nanny sets it for its workers (65536), and a kernel inheriting it spends its time returning
     memory to the system (measured: training at 13,800 instead of 31,500 tokens/s).
     """
     args = {"config_dict": config_dict, "results_dir": results_dir, "notebook_json": notebook_json,
-            "cwd": cwd, "device": device}
-    child = ("import json, sys; from ease.pipeline import execute_notebook; "
-             "print(json.dumps(execute_notebook(**json.load(sys.stdin))))")
+            "cwd": cwd, "device": device, "analyse": analyse}
+    child = ("import json, sys; from ease.pipeline import run_task; "
+             "print(json.dumps(run_task(**json.load(sys.stdin))))")
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
     for _ in range(2):
         proc = subprocess.run([sys.executable, "-c", child], input=json.dumps(args), capture_output=True,
@@ -238,6 +285,26 @@ def execute_run(config_dict: dict, results_dir: str, notebook_json: str, cwd: st
         # loser never starts. That is no fault of the run: start it once more.
         if result["status"] == "done" or "Kernel didn't respond" not in result.get("error", ""):
             break
+    return result
+
+
+def run_task(config_dict: dict, results_dir: str, notebook_json: str | None, cwd: str | None,
+             device: str = "cpu", analyse: bool = True) -> dict:
+    """The body of `execute_run`, in the child process."""
+    if notebook_json is not None:
+        result = execute_notebook(config_dict, results_dir, notebook_json, cwd, device)
+    else:
+        result = {"run_id": RunConfig.from_dict(config_dict).run_id, "notebook": None, "status": "done",
+                  "seconds": 0.0}
+    if analyse and result["status"] == "done":
+        from ease.analysis import ensure_analysis
+
+        start = time.perf_counter()
+        try:
+            ensure_analysis(RunConfig.from_dict(config_dict), results_dir, device)
+        except Exception as exc:  # the record stands; the analysis is reported as what failed
+            result.update(status="failed", error=f"analysis: {type(exc).__name__}: {exc}")
+        result["seconds"] = round(result["seconds"] + time.perf_counter() - start, 1)
     return result
 
 
@@ -301,12 +368,17 @@ def default_workers() -> int:
 
 def run_grid(configs: Sequence[RunConfig], results_dir: str | Path = DEFAULT_RESULTS, scheduler: str | None = None,
              workers: int | None = None, device: str = "cpu", notebook: str | Path = TRAIN_NOTEBOOK,
-             progress: bool = True) -> GridSummary:
+             progress: bool = True, lab_notebooks: bool = True, analyse: bool = False) -> GridSummary:
     """Run every config not finished yet through `notebook` on Dask; return what happened.
 
     `scheduler`: address of an existing Dask scheduler; None starts a local cluster of `workers`
     single-threaded worker processes (default: one per core), closed when the grid is done.
+    `lab_notebooks`: a finished run also needs its executed notebook (rendered from the record
+    when missing); False: the record is enough. `analyse`: each run also needs its checkpoint
+    analysis (ease.analysis), computed where missing (a grid asks for it with `analyse: true`).
     """
+    from ease.analysis import load_analysis
+
     import jupytext
     import nbformat
     from distributed import Client, LocalCluster, as_completed
@@ -319,19 +391,21 @@ def run_grid(configs: Sequence[RunConfig], results_dir: str | Path = DEFAULT_RES
     results_dir = Path(results_dir).resolve()  # absolute: workers may run elsewhere
     summary = GridSummary()
     configs = list({config.run_id: config for config in configs}.values())  # one run per config
-    todo = []
+    todo: list[tuple[RunConfig, bool]] = []  # (config, whether its notebook must run)
     for config in configs:
         try:
             finished = find_record(config, results_dir) is not None
         except ValueError as exc:  # a record that does not match its id: say so, do not overwrite it
             summary.failed.append({"run_id": config.run_id, "notebook": None, "error": str(exc)})
             continue
-        # A finished run with its lab notebook is skipped. A record without one (committed records on
-        # a fresh clone) still goes through the notebook, which loads the record instead of training.
-        if finished and executed_path(results_dir, config.run_id).exists():
-            summary.skipped.append(config.run_id)
+        # A record without its lab notebook (committed records on a fresh clone) still goes through
+        # the notebook when lab notebooks are wanted: it loads the record instead of training.
+        needs_notebook = not finished or (lab_notebooks and not executed_path(results_dir, config.run_id).exists())
+        needs_analysis = analyse and (needs_notebook or load_analysis(config, results_dir) is None)
+        if needs_notebook or needs_analysis:
+            todo.append((config, needs_notebook))
         else:
-            todo.append(config)
+            summary.skipped.append(config.run_id)
 
     bar = tqdm(total=len(configs), desc="grid", unit="run", disable=not progress)
     bar.update(len(configs) - len(todo))
@@ -345,9 +419,10 @@ def run_grid(configs: Sequence[RunConfig], results_dir: str | Path = DEFAULT_RES
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
             client = Client(cluster)
         try:
-            futures = {client.submit(execute_run, config.to_dict(), str(results_dir), notebook_json, cwd, device,
-                                      key=f"ease-run-{config.run_id}-{time.time_ns()}", pure=False): config
-                       for config in todo}
+            futures = {client.submit(execute_run, config.to_dict(), str(results_dir),
+                                     notebook_json if needs_notebook else None, cwd, device, analyse,
+                                     key=f"ease-run-{config.run_id}-{time.time_ns()}", pure=False): config
+                       for config, needs_notebook in todo}
             for future in as_completed(futures):
                 config = futures[future]
                 try:
@@ -371,8 +446,11 @@ def run_grid(configs: Sequence[RunConfig], results_dir: str | Path = DEFAULT_RES
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ease.pipeline", description=__doc__.split("\n\n")[0],
                                      epilog="Grid file format: python -m pydoc ease.pipeline, or examples/grid.yaml.")
-    parser.add_argument("--grid", default="exp5-6",
-                        help=f"builtin grid ({', '.join(BUILTIN_GRIDS)}) or a .yaml/.json grid file (default exp5-6)")
+    parser.add_argument("--grid", nargs="+", default=["exp5-6"], metavar="NAME_OR_PATH",
+                        help=f"builtin grid(s) ({', '.join(BUILTIN_GRIDS)}) or .yaml/.json grid file(s) "
+                             "(default exp5-6)")
+    parser.add_argument("--book", action="store_true",
+                        help=f"every grid the book reads ({', '.join(BOOK_GRIDS)}), instead of --grid")
     parser.add_argument("--seeds", type=int, help="seeds 0..N-1 for every config (default: the grid's, else 3)")
     parser.add_argument("--smoke", action="store_true", help=f"tiny runs ({SMOKE}) into {SMOKE_RESULTS}")
     parser.add_argument("--results", help=f"results folder (default {DEFAULT_RESULTS}, or {SMOKE_RESULTS} with --smoke)")
@@ -383,8 +461,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = parser.parse_args(None if argv is None else list(argv))
 
     results = args.results or (SMOKE_RESULTS if args.smoke else DEFAULT_RESULTS)
+    names = list(BOOK_GRIDS) if args.book else args.grid
     try:
-        configs = expand_grid(load_grid(args.grid), seeds=args.seeds, smoke=args.smoke)
+        grids = {name: expand_grid(load_grid(name), seeds=args.seeds, smoke=args.smoke) for name in names}
     except GridError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -395,22 +474,32 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(f"error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
         return 2
 
-    print(f"grid {args.grid}: {len(configs)} runs, results in {Path(results).resolve()}")
-    if args.dry_run:
-        for config in configs:
-            try:
-                state = "finished" if find_record(config, results) else "to run"
-            except ValueError as exc:
-                state = f"bad record: {exc}"
-            print(f"  {config.run_id}  {state:8}  {describe(config)}")
-        return 0
-    try:
-        summary = run_grid(configs, results, scheduler=args.scheduler, workers=args.workers, device=args.device)
-    except KeyboardInterrupt:
-        print("interrupted: finished runs are kept; run the same command again to resume", file=sys.stderr)
-        return 130
-    print(summary.report())
-    return 0 if summary.ok else 1
+    from ease.analysis import load_analysis
+
+    failed = False
+    for name, configs in grids.items():
+        print(f"grid {name}: {len(configs)} runs, results in {Path(results).resolve()}")
+        if args.dry_run:
+            for config in configs:
+                try:
+                    state = "finished" if find_record(config, results) else "to run"
+                    if state == "finished" and load_grid(name).get("analyse") and load_analysis(config, results) is None:
+                        state = "to analyse"
+                except ValueError as exc:
+                    state = f"bad record: {exc}"
+                print(f"  {config.run_id}  {state:10}  {describe(config)}")
+            continue
+        # The book's appendix shows the lab notebook of every run of its main grid only.
+        lab = not args.book or name == BOOK_GRIDS[0]
+        try:
+            summary = run_grid(configs, results, scheduler=args.scheduler, workers=args.workers, device=args.device,
+                               lab_notebooks=lab, analyse=bool(load_grid(name).get("analyse", False)))
+        except KeyboardInterrupt:
+            print("interrupted: finished runs are kept; run the same command again to resume", file=sys.stderr)
+            return 130
+        print(summary.report())
+        failed = failed or not summary.ok
+    return 1 if failed else 0
 
 
 # --- helpers the notebooks share -------------------------------------------------------------

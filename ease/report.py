@@ -26,17 +26,16 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 import yaml
-from scipy import stats
 
 from ease.config import DOC_THRESHOLDS, RunConfig
 from ease.results import load_records
+from ease.stats import CI_LEVEL, Stat, diff_ci, mean_ci  # noqa: F401 (mean_ci: part of the report API)
 
 RESULTS_ENV = "EASE_RESULTS"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED_PATH = REPO_ROOT / "book" / "data" / "published.yaml"
 BOOK_GRID = "exp5-6"  # the pipeline grid whose runs the book reports
 LANGS = ("en", "ja")
-CI_LEVEL = 0.95
 # Fonts tried, in order, for Japanese figure text (fonts-noto-cjk provides the first).
 CJK_FONTS = ("Noto Sans CJK JP", "Noto Serif CJK JP", "IPAexGothic", "IPAGothic", "TakaoGothic",
              "Source Han Sans JP", "Source Han Sans")
@@ -188,49 +187,6 @@ def book_grid(results: str | Path | None = None) -> Grid:
                                 f"python -m ease.pipeline --grid {BOOK_GRID} --results {results}, or point "
                                 f"{RESULTS_ENV} at a results folder that has them")
     return select_grid(load_records(results), reference_configs(), results)
-
-
-# --- statistics ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Stat:
-    """Mean over seeds with the half-width of its t-interval (None with a single seed)."""
-
-    mean: float
-    half: float | None
-    n: int
-
-    @property
-    def lo(self) -> float:
-        return self.mean - (self.half or 0.0)
-
-    @property
-    def hi(self) -> float:
-        return self.mean + (self.half or 0.0)
-
-
-def mean_ci(values: Iterable[float], level: float = CI_LEVEL) -> Stat:
-    x = np.asarray(list(values), dtype=float)
-    if x.size == 0:
-        raise ValueError("no values to average")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"non-finite values in a metric: {x.tolist()}")
-    if x.size == 1:
-        return Stat(float(x[0]), None, 1)
-    half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
-    return Stat(float(x.mean()), float(half), int(x.size))
-
-
-def diff_ci(a: Sequence[float], b: Sequence[float], level: float = CI_LEVEL) -> Stat:
-    """mean(b) - mean(a) with a Welch t-interval (None when either side has a single value)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    diff = float(b.mean() - a.mean())
-    if a.size < 2 or b.size < 2:
-        return Stat(diff, None, int(min(a.size, b.size)))
-    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    if va + vb == 0:
-        return Stat(diff, 0.0, int(min(a.size, b.size)))
-    dof = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
-    return Stat(diff, float(stats.t.ppf(0.5 + level / 2, dof) * math.sqrt(va + vb)), int(min(a.size, b.size)))
 
 
 # --- formatting ----------------------------------------------------------------------------------

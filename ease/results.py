@@ -29,6 +29,11 @@ def checkpoint_path(results_dir: str | Path, run_id: str) -> Path:
     return runs_dir(results_dir) / f"{run_id}.pt"
 
 
+def analysis_path(results_dir: str | Path, run_id: str) -> Path:
+    """Where ease.analysis keeps a run's checkpoint analyses (not in runs/: those are all records)."""
+    return Path(results_dir) / "analysis" / f"{run_id}.json"
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call write(file_object) on a temporary file beside `path`, then rename it into place."""
     path = Path(path)
@@ -62,13 +67,13 @@ def find_record(config: RunConfig, results_dir: str | Path) -> dict | None:
     if not path.exists():
         return None
     record = read_record(path)
-    if record.get("config") != _canonical(config.to_dict()):
+    try:  # through RunConfig, so records made before a field existed read it as its default
+        same = RunConfig.from_dict(record["config"]) == config
+    except (KeyError, TypeError, ValueError):
+        same = False
+    if not same:
         raise ValueError(f"run record {path} holds a different config than its id says; delete it to re-run")
     return record
-
-
-def _canonical(obj: Any) -> Any:
-    return json.loads(json.dumps(obj))
 
 
 def record_files(results_dir: str | Path) -> list[Path]:
@@ -76,7 +81,14 @@ def record_files(results_dir: str | Path) -> list[Path]:
 
 
 def load_records(results_dir: str | Path) -> list[dict]:
-    return [read_record(p) for p in record_files(results_dir)]
+    """Every record, its config completed with today's fields (records made before a field
+    existed get its default, as `find_record` and the run ids read them)."""
+    records = []
+    for path in record_files(results_dir):
+        record = read_record(path)
+        record["config"] = RunConfig.from_dict(record["config"]).to_dict()
+        records.append(record)
+    return records
 
 
 def load_results(results_dir: str | Path = "results") -> pd.DataFrame:
@@ -101,7 +113,7 @@ def _long(results_dir: str | Path, key: str) -> pd.DataFrame:
     for record in load_records(results_dir):
         c = record["config"]
         ident = {"run_id": record["run_id"], "setting": c["setting"], "alpha": c["alpha"], "seed": c["seed"],
-                 "n_layers": c["n_layers"]}
+                 "n_layers": c["n_layers"], "corpus": c["corpus"], "train_chars": c["train_chars"]}
         rows += [{**ident, **entry} for entry in record[key]]
     return pd.DataFrame(rows)
 

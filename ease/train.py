@@ -45,6 +45,7 @@ class TrainResult:
     model: EarlyExitLM
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
+    last_state: dict | None = None  # the weights of the last epoch run (the model holds the best epoch's)
     train_s: float = 0.0  # the whole loop: training steps and the per-epoch evaluations
     train_tokens: int = 0
 
@@ -53,7 +54,8 @@ def train_model(config: RunConfig, corpus: CharCorpus, device: str = "cpu", prog
     """AdamW with gradient clipping; evaluate each epoch; keep the best epoch's weights.
 
     Early stopping watches the last layer's validation PPL: training stops once it has not
-    improved for more than `patience` epochs (patience 0: at the first worse epoch).
+    improved for more than `patience` epochs (patience 0: at the first worse epoch). With
+    lr_schedule "cosine" the learning rate decays step by step to 0 at the end of max_epochs.
     """
     dev = pick_device(device)
     model = build_model(config, corpus.vocab_size).to(dev)
@@ -61,6 +63,8 @@ def train_model(config: RunConfig, corpus: CharCorpus, device: str = "cpu", prog
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, fused=True)
     generator = torch.Generator().manual_seed(config.seed)
     train_x, train_y = make_batches(corpus.train_ids, config.seq_len, config.batch_size)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs * len(train_x))
+                 if config.lr_schedule == "cosine" else None)
     val_x, val_y = make_batches(corpus.val_ids, config.seq_len, config.batch_size)
     train_x, train_y = train_x.to(dev), train_y.to(dev)
     layers = trained_layers(config.weights)
@@ -80,6 +84,8 @@ def train_model(config: RunConfig, corpus: CharCorpus, device: str = "cpu", prog
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip, foreach=True)
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             loss_sum += loss.detach()  # no per-step sync: summed on the device, read once per epoch
         train_loss = loss_sum.item() / len(train_x)
         if not torch.isfinite(torch.tensor(train_loss)):
@@ -104,6 +110,8 @@ def train_model(config: RunConfig, corpus: CharCorpus, device: str = "cpu", prog
                 break
     bar.close()
     result.train_s = time.perf_counter() - start
+    if config.sweep_weights == "last":
+        result.last_state = copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     return result
 
@@ -135,10 +143,15 @@ def run(config: RunConfig, results_dir: str | Path = "results", device: str = "c
     val_x, val_y = make_batches(corpus.val_ids, config.seq_len, config.batch_size)
     stats = collect_token_stats(trained.model, val_x, val_y, config.exit_layer, dev)
     metrics = summary(stats, config.threshold)
+    metrics.update(best_epoch=trained.best_epoch, epochs_run=len(trained.history), eval_tokens=len(stats))
+    if trained.last_state is not None:  # sweep_weights "last": the original swept the post-stop weights
+        last_model = build_model(config, corpus.vocab_size).to(dev)
+        last_model.load_state_dict(trained.last_state)
+        stats = collect_token_stats(last_model, val_x, val_y, config.exit_layer, dev)
+        metrics["sweep_epoch"] = len(trained.history)
     sweep_rows = sweep(stats, config.sweep_thresholds)
     eval_s = time.perf_counter() - start
 
-    metrics.update(best_epoch=trained.best_epoch, epochs_run=len(trained.history), eval_tokens=len(stats))
     record = {
         "run_id": config.run_id,
         "config": config.to_dict(),

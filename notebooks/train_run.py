@@ -52,7 +52,7 @@ n_layers = 3
 dim = 64
 n_heads = 4
 norm = "post"
-# data: "wikitext-2" or a folder with train.txt and valid.txt
+# data: "wikitext-2", "placeholder" (the original code's stand-in text) or a folder with train.txt and valid.txt
 corpus = "wikitext-2"
 train_chars = 200_000
 val_chars = 20_000
@@ -65,9 +65,11 @@ lr = 1e-3
 grad_clip = 1.0
 max_epochs = 50
 patience = 0
+lr_schedule = "constant"  # or "cosine": decay to 0 over max_epochs
 # early exit: exit at `exit_layer` when its max softmax probability >= threshold
 exit_layer = 1
 threshold = 0.95
+sweep_weights = "best"  # "last": sweep the last epoch's weights, as the original code did
 sweep_thresholds = None  # None: a 0.025 grid over [0, 1] holding the document's thresholds
 # where and how
 results_dir = None  # None: "results", or "results/smoke" in smoke mode
@@ -79,8 +81,8 @@ config, results_dir, smoke = notebook_config(
     dict(setting=setting, alpha=alpha, weights=weights, seed=seed, n_layers=n_layers, dim=dim, n_heads=n_heads,
          norm=norm, corpus=corpus, train_chars=train_chars, val_chars=val_chars, vocab_from=vocab_from,
          seq_len=seq_len, batch_size=batch_size, shuffle=shuffle, lr=lr, grad_clip=grad_clip,
-         max_epochs=max_epochs, patience=patience, exit_layer=exit_layer, threshold=threshold,
-         sweep_thresholds=sweep_thresholds),
+         max_epochs=max_epochs, patience=patience, lr_schedule=lr_schedule, exit_layer=exit_layer,
+         threshold=threshold, sweep_thresholds=sweep_thresholds, sweep_weights=sweep_weights),
     smoke=smoke, results_dir=results_dir)
 print("run id:", config.run_id)
 print("results:", results_dir.resolve())

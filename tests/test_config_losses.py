@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -287,6 +288,7 @@ FIELD_CHANGES = {
     "corpus": "/tmp/other-corpus", "train_chars": 1000, "val_chars": 500, "vocab_from": "train",
     "seq_len": 32, "batch_size": 8, "shuffle": True, "lr": 2e-3, "grad_clip": 0.5, "max_epochs": 5,
     "patience": 2, "exit_layer": 2, "threshold": 0.9, "sweep_thresholds": (0.5, 0.9),
+    "lr_schedule": "cosine", "sweep_weights": "last",
 }
 
 
@@ -400,3 +402,21 @@ def test_head_only_applied_to_weighted_layers(setting, head_calls):
     assert len(calls) == head_calls
     assert sorted(logits) == trained_layers(weights)
     weighted_loss(logits, x, weights).backward()  # all needed logits are there
+
+
+# --- fields added after the first records: they must not change existing run ids ------------------
+def test_fields_added_later_keep_old_run_ids():
+    # The canonical record of setting A, α=0.7, seed 0 was made before lr_schedule and sweep_weights
+    # existed; its config (as written then) must still give its id.
+    path = Path(__file__).resolve().parents[1] / "results" / "runs" / "A-a0.7-L3-s0-5d79786454.json"
+    old = json.loads(path.read_text())["config"]
+    assert "lr_schedule" not in old and "sweep_weights" not in old
+    assert RunConfig.from_dict(old).run_id == "A-a0.7-L3-s0-5d79786454"
+    assert RunConfig.from_dict(old) == RunConfig(setting="A", alpha=0.7, seed=0)
+
+
+@pytest.mark.parametrize("field_name, bad", [("lr_schedule", "linear"), ("sweep_weights", "first"),
+                                             ("lr_schedule", None)])
+def test_new_fields_are_validated(field_name, bad):
+    with pytest.raises(ValueError, match=field_name):
+        RunConfig(**{field_name: bad})

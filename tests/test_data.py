@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ease.data import (DATA_ENV, HUB_DATASET, UNKNOWN_CHAR, DataNotFoundError, build_corpus, load_corpus,
-                       load_split, make_batches)
+                       load_split, make_batches, placeholder_text)
 
 REAL_DATA = Path("/work/shared/data/wikitext-2")
 
@@ -250,3 +250,33 @@ def test_shuffle_is_reproducible_with_a_seeded_generator():
     c = make_batches(ids, 5, 4, shuffle=True, generator=torch.Generator().manual_seed(4))[0]
     assert torch.equal(a, b) and not torch.equal(a, c)
 
+
+
+# --- the original code's placeholder text (selectable by name only) ---------------------------------
+def test_placeholder_text_is_the_original_formula():
+    train = placeholder_text("train", 100_000)
+    valid = placeholder_text("valid", 10_000)
+    # the original repeated each sentence chars // 45 and chars // 35 times
+    assert train == "The quick brown fox jumps over the lazy dog. " * 2222
+    assert valid == "A quick brown dog runs in the park. " * 285
+    assert (len(train), len(valid)) == (99_990, 10_260)
+
+
+def test_placeholder_corpus_by_name(monkeypatch):
+    monkeypatch.delenv("EASE_DATA_DIR", raising=False)  # never read: the text is built, not loaded
+    corpus = load_corpus("placeholder", 100_000, 10_000)
+    assert len(corpus.train_ids) == 99_990 and len(corpus.val_ids) == 10_260
+    text = "".join(corpus.vocab[i] for i in corpus.train_ids[:45].tolist())
+    assert text == "The quick brown fox jumps over the lazy dog. "
+    # both sentences' characters: 26 letters (every one in the pangram) plus A, T, space and full stop
+    assert corpus.vocab_size == 30
+
+
+def test_placeholder_is_never_a_fallback(tmp_path, monkeypatch):
+    monkeypatch.setenv("EASE_DATA_DIR", str(tmp_path / "missing"))
+    with pytest.raises(DataNotFoundError):
+        load_corpus("wikitext-2", 1000, 100)
+    with pytest.raises(ValueError, match="placeholder"):
+        load_split("train", "placeholder")
+    with pytest.raises(ValueError, match="at least 45"):
+        placeholder_text("train", 10)

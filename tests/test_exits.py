@@ -178,3 +178,73 @@ def test_shallow_fraction_never_grows_with_the_threshold(batches):
     fracs = [r["shallow_frac"] for r in rows]
     assert fracs == sorted(fracs, reverse=True)
     assert fracs[0] == 1.0
+
+
+# --- other confidence measures and the oracle -----------------------------------------------------
+def test_measure_scores_on_hand_built_logits():
+    from ease.exits import measure_scores
+
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.4, 0.4, 0.2]])
+    states = torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([[0.0, 2.0], [2.0, 2.0]])
+    s = measure_scores(probs.log(), *states)
+    assert s["max_prob"].tolist() == pytest.approx([0.7, 0.4])
+    assert s["margin"].tolist() == pytest.approx([0.5, 0.0])
+    entropy = [-(0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1)),
+               -(2 * 0.4 * math.log(0.4) + 0.2 * math.log(0.2))]
+    assert s["entropy"].tolist() == pytest.approx([-e for e in entropy], rel=1e-5)
+    assert s["cosine"].tolist() == pytest.approx([0.0, 1.0], abs=1e-6)  # orthogonal, then parallel
+
+
+def test_matched_ppl_exits_the_highest_scores_first():
+    from ease.exits import matched_ppl
+
+    scores = torch.tensor([0.9, 0.1, 0.5, 0.7])
+    ce_exit = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    ce_last = torch.tensor([0.5, 0.5, 0.5, 0.5])
+    got = matched_ppl(scores, ce_exit, ce_last, [0.0, 0.25, 0.5, 1.0])
+    # 25%: token 0 exits; 50%: tokens 0 and 3; 100%: all
+    expected = [math.exp(0.5), math.exp((1.0 + 1.5) / 4), math.exp((1.0 + 4.0 + 1.0) / 4), math.exp(10.0 / 4)]
+    assert got == pytest.approx(expected)
+
+
+def test_oracle_is_the_best_any_rule_can_do():
+    from ease.exits import matched_ppl, oracle_ppl
+
+    ce_exit = torch.tensor([0.2, 3.0, 1.0, 0.6])
+    ce_last = torch.tensor([0.5, 0.5, 0.5, 0.5])
+    # at one exit the best token is 0 (it gains 0.3), at two tokens 0 and 3 (+0.3, -0.1)
+    oracle = oracle_ppl(ce_exit, ce_last, [0.25, 0.5])
+    assert oracle == pytest.approx([math.exp(1.7 / 4), math.exp((0.2 + 0.6 + 1.0) / 4)])
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):  # no ranking of the tokens does better at any fraction
+        scores = torch.rand(4, generator=generator)
+        other = matched_ppl(scores, ce_exit, ce_last, [0.25, 0.5])
+        assert all(o <= x + 1e-12 for o, x in zip(oracle, other))
+
+
+def test_matched_ppl_bad_input():
+    from ease.exits import matched_ppl
+
+    with pytest.raises(ValueError, match="same length"):
+        matched_ppl(torch.ones(3), torch.ones(2), torch.ones(3), [0.5])
+    with pytest.raises(ValueError, match="within"):
+        matched_ppl(torch.ones(2), torch.ones(2), torch.ones(2), [1.5])
+
+
+def test_collect_exit_measures_agrees_with_collect_token_stats():
+    from ease.exits import collect_exit_measures
+
+    torch.manual_seed(0)
+    model = EarlyExitLM(ModelConfig(vocab_size=VOCAB, n_layers=3, dim=16, n_heads=2, max_seq_len=8))
+    ids = torch.randint(0, VOCAB, (200,))
+    x, y = make_batches(ids, 8, 4)
+    m = collect_exit_measures(model, x, y, exit_layer=1)
+    s = collect_token_stats(model, x, y, exit_layer=1)
+    assert torch.allclose(m.scores["max_prob"], s.confidence, atol=1e-6)
+    assert torch.allclose(m.ce_exit, s.ce_exit, atol=1e-5) and torch.allclose(m.ce_last, s.ce_last, atol=1e-5)
+    # the agreement is that of the two heads' argmaxes, recomputed here from the model's own logits
+    logits = model(x.reshape(-1, 8), layers=[1, 3])
+    agree = (logits[1].argmax(-1) == logits[3].argmax(-1)).reshape(-1)
+    assert torch.equal(m.agree, agree)
+    with pytest.raises(ValueError, match="below the last layer"):
+        collect_exit_measures(model, x, y, exit_layer=3)

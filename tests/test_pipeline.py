@@ -38,8 +38,8 @@ def test_builtin_grid_is_the_documents_design():
     cells = {(c.setting, c.alpha) for c in configs}
     assert cells == {("A", 0.3), ("A", 0.5), ("A", 0.7), ("B", 0.7)}  # Exp 5 (A at three alphas) + Exp 6 (B at 0.7)
     for cell in cells:
-        assert sorted(c.seed for c in configs if (c.setting, c.alpha) == cell) == [0, 1, 2]
-    assert len({c.run_id for c in configs}) == len(configs) == 12
+        assert sorted(c.seed for c in configs if (c.setting, c.alpha) == cell) == [0, 1, 2, 3, 4]
+    assert len({c.run_id for c in configs}) == len(configs) == 20
     default = RunConfig().to_dict()
     for c in configs:
         # nothing but the cell and the seed differs from the default (document) setup
@@ -48,6 +48,25 @@ def test_builtin_grid_is_the_documents_design():
         assert set(DOC_THRESHOLDS) <= set(c.sweep_thresholds)
     b = next(c for c in configs if c.setting == "B")
     assert b.weights == {1: 0.7, 2: 1.0, 3: 0.3}
+
+
+def test_audit_grids_are_what_the_book_says():
+    forensics = expand_grid(load_grid("forensics"))
+    assert len(forensics) == 2 * 4 * 5
+    assert {c.corpus for c in forensics} == {"wikitext-2", "placeholder"}
+    assert {(c.train_chars, c.val_chars, c.sweep_weights, c.patience) for c in forensics} == {
+        (100_000, 10_000, "last", 0)}
+    dense = expand_grid(load_grid("dense"))
+    assert {(c.n_layers, tuple(c.weights.items())) for c in dense} == {(1, ((1, 1.0),)), (2, ((2, 1.0),)),
+                                                                      (3, ((3, 1.0),))}
+    alpha = expand_grid(load_grid("alpha"))
+    assert sorted({c.alpha for c in alpha}) == [i / 10 for i in range(11)]
+    assert len(alpha) == 2 * 11 * 3
+    regimes = expand_grid(load_grid("regimes"))
+    assert {(c.lr_schedule, c.patience) for c in regimes} == {("cosine", 3)}
+    # the document's-rule runs the alpha grid shares with exp5-6 are the same runs, not new ones
+    shared = {c.run_id for c in alpha} & {c.run_id for c in expand_grid(load_grid("exp5-6"))}
+    assert len(shared) == 4 * 3
 
 
 def test_list_values_expand_as_a_product_ordered_seed_by_seed():
@@ -137,6 +156,7 @@ def test_shipped_example_grid_is_valid():
     ({"seeds": [1, 1], "runs": [{"setting": "A"}]}, ["seeds", "repeats"]),
     ({"runs": []}, ["runs", "non-empty"]),
     ({"setting": "A"}, ["unknown grid key", "setting"]),
+    ({"analyse": "yes", "runs": [{"setting": "A"}]}, ["analyse", "true or false"]),
     ([{"setting": "A"}], ["mapping"]),
 ])
 def test_bad_grids_are_rejected_with_a_clear_error(grid, words):
@@ -306,3 +326,31 @@ def test_pipeline_survives_a_kill_resumes_skips_finished_runs_and_reports_failur
     notebook = executed_path(results.resolve(), broken.run_id)
     assert f"FAILED {broken.run_id}" in rerun.stdout and str(notebook) in rerun.stdout
     assert "no-such-corpus" in notebook.read_text()  # the executed notebook holds the error
+
+
+def test_analysis_stage_and_lab_notebooks_flag(tmp_path):
+    """A grid asking for analyses gets one per run; a missing one is computed alone, from the checkpoint."""
+    from ease.analysis import load_analysis
+    from ease.results import analysis_path
+
+    results = tmp_path / "results"
+    config = smoke(setting="A")
+    first = run_grid([config], results, workers=1, progress=False, analyse=True)
+    assert first.ok and len(first.done) == 1, first.report()
+    analysis = load_analysis(config, results)
+    assert analysis["run_id"] == config.run_id and analysis["real_exit"] and analysis["samples"]
+    record = _stamp(record_path(results, config.run_id))
+    notebook = _stamp(executed_path(results, config.run_id))
+
+    assert run_grid([config], results, workers=1, progress=False, analyse=True).skipped == [config.run_id]
+    analysis_path(results, config.run_id).unlink()
+    again = run_grid([config], results, workers=1, progress=False, analyse=True)
+    assert again.ok and len(again.done) == 1 and again.done[0]["notebook"] is None  # the notebook did not run
+    assert load_analysis(config, results) == analysis  # deterministic
+    assert _stamp(record_path(results, config.run_id)) == record
+    assert _stamp(executed_path(results, config.run_id)) == notebook
+
+    # without lab notebooks a record is enough; with them, a missing notebook is rendered again
+    executed_path(results, config.run_id).unlink()
+    assert run_grid([config], results, workers=1, progress=False, lab_notebooks=False).skipped == [config.run_id]
+    assert not executed_path(results, config.run_id).exists()

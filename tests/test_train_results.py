@@ -420,3 +420,38 @@ def test_load_results_reads_real_runs(runs, tiny):
     assert len(load_sweeps(dirs[0])) == len(DOC_THRESHOLDS)
     assert len(load_histories(dirs[0])) == record["metrics"]["epochs_run"]
 
+
+
+# --- the original's sweep of the last epoch's weights, and cosine decay ----------------------------
+def test_sweep_of_the_last_epochs_weights(tiny, tmp_path, monkeypatch):
+    # scripted validation: epoch 2 is the best, epoch 3 worse, so training stops after epoch 3 and the
+    # last weights are not the kept ones (the fourth value is the final summary of the kept weights)
+    config = tiny.replace(max_epochs=5, patience=0)
+    records = {}
+    for which in ("last", "best"):
+        monkeypatch.setattr(train, "summary", fake_summary([5.0, 4.0, 6.0, 4.0]))
+        records[which] = ease.run(config.replace(sweep_weights=which), tmp_path / which, progress=False)
+    last, best = records["last"], records["best"]
+    assert last["metrics"]["best_epoch"] == 2 and last["metrics"]["epochs_run"] == 3
+    assert last["metrics"]["sweep_epoch"] == 3 and "sweep_epoch" not in best["metrics"]
+    assert {k: v for k, v in last["metrics"].items() if k != "sweep_epoch"} == best["metrics"]
+    assert last["history"] == best["history"]  # the same training
+    assert last["sweep"] != best["sweep"]  # but another set of weights swept
+
+
+def test_cosine_schedule_decays_to_zero(small_corpus, monkeypatch):
+    seen = []
+    original = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    config = RunConfig(train_chars=2000, val_chars=300, seq_len=16, batch_size=4, dim=16, n_heads=2,
+                       max_epochs=2, patience=2, lr_schedule="cosine", lr=1e-3)
+    train_model(config, small_corpus, progress=False)
+    assert seen[0] == pytest.approx(1e-3)
+    assert all(b < a for a, b in zip(seen, seen[1:]))  # strictly decreasing, step by step
+    steps = len(seen)
+    assert seen[-1] == pytest.approx(1e-3 * (1 + math.cos(math.pi * (steps - 1) / steps)) / 2)

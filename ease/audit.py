@@ -701,7 +701,7 @@ def page_claims(lang: str) -> None:
     for name, recs in (("doc", recs_first), ("well", recs_second)):
         facts[f"cl_ppl_a7_{name}"] = fmt_stat(mean_ci(value(r, "ppl") for r in select(recs, setting="A", alpha=0.7)),
                                               "ppl")
-        facts[f"cl_epochs_{name}"] = fmt_stat(mean_ci(r["metrics"]["epochs_run"] for r in recs), "ppl").split(" ")[0]
+        facts[f"cl_epochs_{name}"] = f"{np.mean([r['metrics']['epochs_run'] for r in recs]):.1f}"
     tables = {"tbl_claims_doc": claims_table(first, lang), "tbl_claims_well": claims_table(second, lang),
               "tbl_claims_summary": claims_summary_table(claims, lang)}
     _glue_all(facts, tables, {})
@@ -754,3 +754,106 @@ def page_beyond(lang: str) -> None:
     figures = {"fig_equal_compute": fig_equal_compute(exp, dense, lang), "fig_measures": fig_measures(exp, analyses, lang),
                "fig_alpha_grid": fig_alpha_grid(alpha, lang)}
     _glue_all(facts, tables, figures)
+
+
+# --- the real early-exit page (ease.decode) ----------------------------------------------------
+BENCH_FILE = Path("bench") / "decode.json"  # inside the results folder; written by benchmarks/bench_decode.py
+
+
+def load_bench(results: str | Path | None = None) -> dict:
+    path = (Path(results) if results is not None else results_dir()) / BENCH_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no decoding benchmark at {path}: run python benchmarks/bench_decode.py "
+                                f"--json {path}")
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def bench_table(bench: dict, lang: str) -> str:
+    rows = []
+    for r in bench["rows"]:
+        rows.append({_pick(lang, "model", "モデル"): f"{r['n_layers']}L × {r['dim']}",
+                     _pick(lang, "batch", "バッチ"): str(r["batch"]),
+                     "τ": _pick(lang, "full depth", "全層") if r["threshold"] is None else f"{r['threshold']:g}",
+                     "Shallow": fmt_value(r["shallow_frac"], "shallow_frac"),
+                     _pick(lang, "Compute (layers)", "Compute（層数）"): fmt_value(r["compute_frac"], "compute_frac"),
+                     _pick(lang, "Compute (FLOPs)", "Compute（FLOPs）"): fmt_value(r["flop_compute_frac"], "compute_frac"),
+                     _pick(lang, "tokens/s", "トークン/秒"): f"{r['tokens_per_s']:,.0f}",
+                     _pick(lang, "measured speedup", "実測の高速化"): f"{r['speedup']:.2f}×",
+                     _pick(lang, "1 / Compute", "1 / Compute"): f"{r['theoretical_speedup']:.2f}×",
+                     _pick(lang, "measured / theoretical", "実測 / 理論"): f"{100 * r['ratio']:.0f}%"})
+    return markdown_table(pd.DataFrame(rows))
+
+
+def samples_html(samples: Sequence[dict], exit_layer: int, lang: str) -> str:
+    """Generated text with each character's background showing the layer it exited at."""
+    import html
+
+    def span(ch: str, layer: int) -> str:
+        color = "#fdae6b" if layer == exit_layer else "transparent"
+        return f'<span style="background:{color}">{html.escape(ch)}</span>'
+
+    legend = _pick(lang, f'<span style="background:#fdae6b">&nbsp;orange&nbsp;</span>: exited at layer {exit_layer}; '
+                         "plain: went through every layer; grey: the prompt.",
+                   f'<span style="background:#fdae6b">&nbsp;橙&nbsp;</span>: 第{exit_layer}層で退出した文字、'
+                   "地の色: 全層を通った文字、灰色: プロンプト。")
+    lines = []
+    for s in samples:
+        text = "".join(span(c, l) for c, l in zip(s["text"], s["layers"]))
+        lines.append(f'<div style="font-family:monospace;white-space:pre-wrap;margin:0.2em 0">'
+                     f'<b>τ = {s["threshold"]:g}</b>&nbsp; <span style="color:#888">{html.escape(s["prompt"])}</span>'
+                     f'{text}</div>')
+    return f'<div class="exit-samples">{"".join(lines)}<p style="font-size:0.85em">{legend}</p></div>'
+
+
+def page_real_exit(lang: str) -> None:
+    from IPython.display import HTML
+    from myst_nb import glue
+
+    exp = grid_records("exp5-6")
+    a7 = select(exp, setting="A", alpha=0.7)
+    analyses = grid_analyses(a7 + select(exp, setting="B", alpha=0.7))
+    bench = load_bench()
+    near = {(r["model"], r["batch"]): r for r in bench["nearest_50"]}
+    large = next(r for (m, b), r in near.items() if m == "large" and b == 1)
+    large_batch = [r for (m, b), r in near.items() if m == "large" and b > 1]
+
+    def entry(rec: dict, t: float) -> dict:
+        return next(e for e in analyses[rec["run_id"]]["real_exit"] if abs(e["threshold"] - t) < 1e-9)
+
+    gap = mean_ci(entry(r, 0.5)["ppl"] - entry(r, 0.5)["sim_ppl"] for r in a7)
+    env = bench["env"]
+    facts = {
+        "rx_seeds": str(len(a7)),
+        "rx_sim_05": fmt_stat(mean_ci(entry(r, 0.5)["sim_ppl"] for r in a7), "ppl"),
+        "rx_real_05": fmt_stat(mean_ci(entry(r, 0.5)["ppl"] for r in a7), "ppl"),
+        "rx_large_threshold": f"{large['threshold']:g}",
+        "rx_large_compute": fmt_value(large["compute_frac"], "compute_frac"),
+        "rx_large_flops": fmt_value(large["flop_compute_frac"], "compute_frac"),
+        "rx_large_speedup": f"{large['speedup']:.2f}×",
+        "rx_large_theory": f"{large['theoretical_speedup']:.2f}×",
+        "rx_large_ratio": f"{100 * large['ratio']:.0f}%",
+        "rx_large_verdict": (_pick(lang, "meets the target of at least 70%", "目標（70% 以上）に達している")
+                             if large["ratio"] >= 0.7 else
+                             _pick(lang, "misses the target of at least 70%", "目標（70% 以上）に届かない")),
+        "rx_large_batch": ", ".join(f"{r['batch']}: {r['speedup']:.2f}× / {r['theoretical_speedup']:.2f}×"
+                                    for r in large_batch),
+        "rx_gap_sentence": (_pick(lang, f"really skipping the layers costs {fmt_stat(gap, 'ppl')} PPL that the "
+                                        "simulated numbers do not show",
+                                  f"層を実際に飛ばすと、模擬では見えない {fmt_stat(gap, 'ppl')} の PPL の悪化が生じる")
+                            if gap.lo > 0 else
+                            _pick(lang, f"the difference, {fmt_stat(gap, 'ppl')}, is not clearly worse than the "
+                                        "simulation", f"差は {fmt_stat(gap, 'ppl')} で、模擬より明確に悪いとは言えない")),
+        "rx_batch_trend": (_pick(lang, "the gain shrinks", "高速化は小さくなる")
+                           if all(r["ratio"] < large["ratio"] for r in large_batch) else
+                           _pick(lang, "the gain does not shrink", "高速化は小さくならない")),
+        "rx_env": f"{env['platform'].split('-')[0]}, torch {env['torch']}, {env['device']}, "
+                  f"{env['threads']} thread(s)",
+        "rx_repeats": str(bench["settings"]["repeats"]),
+        "rx_new_tokens": str(bench["settings"]["new_tokens"]),
+    }
+    tables = {"tbl_real_exit": real_exit_table(exp, analyses, lang), "tbl_bench": bench_table(bench, lang)}
+    _glue_all(facts, tables, {})
+    seed0 = analyses[a7[0]["run_id"]]
+    glue("rx_samples", HTML(samples_html(seed0["samples"], a7[0]["config"]["exit_layer"], lang)), display=False)

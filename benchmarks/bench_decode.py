@@ -1,0 +1,173 @@
+"""Decoding speed of real early exit against full depth (a benchmark, not a test).
+
+For the default model (setting A, alpha 0.7, seed 0) and a larger one (12 layers, dim 256,
+8 heads, pre-norm, trained once into results/bench: about 15 minutes on one core), greedy-decodes windows of the validation text at
+batch sizes 1 and 16 with full depth and at several thresholds. Each configuration is timed
+`--repeats` times after one excluded warm-up run, round-robin over the configurations (so slow
+drifts in machine load hit them all alike); the median is reported. A timed run calls `generate`
+often enough to last about 0.25 s. Tokens/s counts the generated tokens of the whole `generate`
+call (prefill of the prompt included). Besides the document's thresholds, each batch gets three
+thresholds calibrated (by bisection on the decoding itself) to about 30, 50 and 70% Compute.
+
+Columns: shallow% (generated tokens that exited), layer Compute% (as ease.exits.route), FLOP
+Compute% (ease.decode.flop_compute_frac, attention at the mean decoding context included),
+tokens/s, measured speedup over full depth, theoretical speedup 1/Compute% and their ratio.
+
+    python benchmarks/bench_decode.py [--device cpu|cuda|auto] [--threads 1] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import time
+
+import torch
+
+from ease import RunConfig, load_checkpoint, run
+from ease.config import DOC_THRESHOLDS
+from ease.data import load_corpus
+from ease.decode import compute_fracs, generate
+from ease.results import checkpoint_path, write_json
+from ease.train import pick_device
+
+MODELS = {
+    "default": (RunConfig(setting="A", alpha=0.7, seed=0), "results"),
+    # exit at layer 1 of 12 trained with equal weight on layers 1 and 12; two epochs of the default text.
+    # Pre-norm: with post-norm blocks (the default) this depth did not learn its deep layers in two epochs.
+    "large": (RunConfig(setting="custom", alpha=None, weights={1: 0.5, 12: 0.5}, n_layers=12, dim=256,
+                        n_heads=8, norm="pre", max_epochs=2, patience=1), "results/bench"),
+}
+TARGET_COMPUTE = (0.3, 0.5, 0.7)  # besides the document's thresholds, ones calibrated to these Compute%
+MIN_RUN_S = 0.25  # a timed run repeats `generate` until it lasts about this long (short calls are noisy)
+
+
+def layer_compute(gen, config) -> float:
+    shallow = (gen.layers == config.exit_layer).double().mean().item()
+    return shallow * config.exit_layer / config.n_layers + (1 - shallow)
+
+
+def calibrate(model, config, prompts, new_tokens, target, steps=8) -> float:
+    """A threshold whose measured layer Compute% when decoding these prompts is near `target`.
+
+    Bisection on [0, 1]: a higher threshold lets fewer tokens exit. Calibrated on decoding itself,
+    because a model decoding its own output is more or less confident than on the validation text.
+    """
+    lo, hi, best = 0.0, 1.0, (float("inf"), 1.0)
+    for _ in range(steps):
+        mid = round((lo + hi) / 2, 4)
+        gen = generate(model, prompts, new_tokens, threshold=mid, exit_layer=config.exit_layer)
+        compute = layer_compute(gen, config)
+        best = min(best, (abs(compute - target), mid))
+        lo, hi = (mid, hi) if compute < target else (lo, mid)
+    return best[1]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_model(name, args, device) -> list[dict]:
+    config, results_dir = MODELS[name]
+    # trains if the record or the checkpoint is missing (checkpoints are not committed; same seed, same weights)
+    missing = not checkpoint_path(results_dir, config.run_id).exists()
+    record = run(config, results_dir, num_threads=args.threads, retrain=missing)
+    model, vocab = load_checkpoint(results_dir, config)
+    model = model.to(device)
+    corpus = load_corpus(config.corpus, config.train_chars, config.val_chars, config.vocab_from)
+    if corpus.vocab != vocab:
+        raise RuntimeError(f"the corpus vocabulary differs from the checkpoint's of {config.run_id}")
+    e, L = config.exit_layer, config.n_layers
+    rows = []
+    for batch in args.batches:
+        # prompts: windows of the validation text, 997 characters apart, one per row
+        prompts = [corpus.val_ids[s:s + args.prompt_len].tolist() for s in range(0, batch * 997, 997)]
+        calibrated = {calibrate(model, config, prompts, args.new_tokens, c) for c in TARGET_COMPUTE}
+        thresholds = [None, *sorted({*DOC_THRESHOLDS, *calibrated})]
+
+        def decode(t):
+            return generate(model, prompts, args.new_tokens, threshold=t, exit_layer=e)
+
+        sync(device)
+        start = time.perf_counter()
+        gens = {t: decode(t) for t in thresholds}  # warm-up, not timed
+        sync(device)
+        calls = max(1, math.ceil(MIN_RUN_S * len(thresholds) / (time.perf_counter() - start)))
+        times = {t: [] for t in thresholds}
+        for _ in range(args.repeats):
+            for t in thresholds:  # round-robin: drifts in machine load hit every threshold alike
+                sync(device)
+                start = time.perf_counter()
+                for _ in range(calls):
+                    decode(t)
+                sync(device)
+                times[t].append((time.perf_counter() - start) / calls)
+        full_tps = batch * args.new_tokens / statistics.median(times[None])
+        context = args.prompt_len + (args.new_tokens - 1) / 2  # mean keys a generated token's query sees
+        for t in thresholds:
+            shallow = (gens[t].layers == e).double().mean().item() if t is not None else 0.0
+            fracs = compute_fracs(shallow, model.cfg, e, decide=t is not None, context=context)
+            tps = batch * args.new_tokens / statistics.median(times[t])
+            speedup = tps / full_tps
+            rows.append({"model": name, "run_id": config.run_id, "n_layers": L, "dim": config.dim,
+                         "batch": batch, "threshold": t, "calibrated": t in calibrated,
+                         "shallow_frac": shallow, **fracs,
+                         "tokens_per_s": tps, "speedup": speedup, "theoretical_speedup": 1 / fracs["compute_frac"],
+                         "flop_theoretical_speedup": 1 / fracs["flop_compute_frac"],
+                         "ratio": speedup * fracs["compute_frac"], "calls_per_run": calls,
+                         "times_s": times[t], "train_s": record["timing"]["train_s"]})
+    return rows
+
+
+def print_table(rows) -> None:
+    head = (f"{'model':>7} {'batch':>5} {'threshold':>9} {'shallow%':>8} {'Compute%':>8} {'FLOP%':>6} "
+            f"{'tokens/s':>9} {'speedup':>7} {'1/Comp':>6} {'meas/theo':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        t = "full" if r["threshold"] is None else f"{r['threshold']:g}"
+        print(f"{r['model']:>7} {r['batch']:>5} {t:>9} {100 * r['shallow_frac']:>8.1f} "
+              f"{100 * r['compute_frac']:>8.1f} {100 * r['flop_compute_frac']:>6.1f} {r['tokens_per_s']:>9.0f} "
+              f"{r['speedup']:>7.2f} {r['theoretical_speedup']:>6.2f} {r['ratio']:>9.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (CUDA when available)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per configuration (after a warm-up)")
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=48, help="prompt + new tokens = 64 = the trained length")
+    parser.add_argument("--json", help="write the rows to this JSON file")
+    args = parser.parse_args()
+    if args.repeats < 1 or args.threads < 1 or args.prompt_len < 1 or args.new_tokens < 1:
+        parser.error("--repeats, --threads, --prompt-len and --new-tokens must be at least 1")
+    torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    rows = [r for name in args.models for r in bench_model(name, args, device)]
+    print(f"\ndevice {device}, {args.threads} thread(s), torch {torch.__version__}, prompt {args.prompt_len} + "
+          f"{args.new_tokens} new tokens, median of {args.repeats} runs")
+    print_table(rows)
+    decided = [r for r in rows if r["model"] == "large" and r["threshold"] is not None]
+    summary = None
+    if decided:
+        for batch in args.batches:
+            near = min((r for r in decided if r["batch"] == batch), key=lambda r: abs(r["compute_frac"] - 0.5))
+            print(f"large model, batch {batch}: threshold {near['threshold']:g} is nearest 50% layer compute "
+                  f"({100 * near['compute_frac']:.1f}%): speedup {near['speedup']:.2f}x of theoretical "
+                  f"{near['theoretical_speedup']:.2f}x = {100 * near['ratio']:.0f}% (target >= 70%)")
+        summary = [min((r for r in decided if r["batch"] == b), key=lambda r: abs(r["compute_frac"] - 0.5))
+                   for b in args.batches]
+    if args.json:
+        env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+               "device": str(device), "threads": args.threads}
+        write_json(args.json, {"env": env, "settings": vars(args), "rows": rows, "nearest_50": summary})
+        print(f"rows written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -592,6 +592,45 @@ def real_exit_table(exp: Sequence[dict], analyses: dict[str, dict], lang: str) -
     return markdown_table(pd.DataFrame(rows))
 
 
+def fig_real_exit(exp: Sequence[dict], analyses: dict[str, dict], bench: dict, lang: str):
+    """Left: PPL against Compute %, simulated and real exit (mean over seeds). Right: measured decoding
+    speedup against layer Compute %, beside the theoretical 1 / Compute %."""
+    import matplotlib.pyplot as plt
+
+    with figure_style(lang):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+        for i, cell in enumerate((("A", 0.7), ("B", 0.7))):
+            recs = select(exp, setting=cell[0], alpha=cell[1])
+            entries = [analyses[r["run_id"]]["real_exit"] for r in recs]
+            comp = 100 * np.mean([[e["compute_frac"] for e in es] for es in entries], axis=0)
+            for key, style, name in (("sim_ppl", "--", ("simulated", "模擬")), ("ppl", "-", ("real exit", "実退出"))):
+                ppl = np.mean([[e[key] for e in es] for es in entries], axis=0)
+                order = np.argsort(comp)
+                left.plot(comp[order], ppl[order], style, marker=".", color=_color(cell, i),
+                          label=_pick(lang, f"setting {cell[0]}, {name[0]}", f"設定{cell[0]}・{name[1]}"))
+        left.set_xlabel(_pick(lang, "Compute % (layers)", "Compute %（層数）"))
+        left.set_ylabel("PPL")
+        left.set_title(_pick(lang, "Teacher-forced PPL, α = 0.7", "教師強制の PPL（α = 0.7）"), fontsize=10)
+        left.legend(fontsize=8)
+        xs = np.linspace(0.2, 1.0, 100)
+        right.plot(100 * xs, 1 / xs, color="grey", linestyle=":", label=_pick(lang, "1 / Compute (theory)",
+                                                                              "1 / Compute（理論）"))
+        markers = {"default": "o", "large": "s"}
+        for j, (model, batch) in enumerate(sorted({(r["model"], r["batch"]) for r in bench["rows"]})):
+            rows = sorted((r for r in bench["rows"] if r["model"] == model and r["batch"] == batch),
+                          key=lambda r: r["compute_frac"])
+            first = rows[0]
+            name = f"{first['n_layers']}L × {first['dim']}, " + _pick(lang, f"batch {batch}", f"バッチ {batch}")
+            right.plot([100 * r["compute_frac"] for r in rows], [r["speedup"] for r in rows],
+                       marker=markers.get(model, "^"), color=f"C{j}", label=name)
+        right.set_xlabel(_pick(lang, "Compute % (layers)", "Compute %（層数）"))
+        right.set_ylabel(_pick(lang, "measured speedup over full depth (×)", "全層に対する実測の高速化（倍）"))
+        right.set_title(_pick(lang, "Decoding speed", "デコード速度"), fontsize=10)
+        right.legend(fontsize=8)
+        fig.tight_layout()
+        return _finish(fig)
+
+
 # --- the pages: everything each chapter glues --------------------------------------------------
 def _glue_all(facts: dict[str, str], tables: dict[str, str], figures: dict) -> None:
     from ease.report import glue_facts, glue_figure, glue_table
@@ -854,6 +893,6 @@ def page_real_exit(lang: str) -> None:
         "rx_new_tokens": str(bench["settings"]["new_tokens"]),
     }
     tables = {"tbl_real_exit": real_exit_table(exp, analyses, lang), "tbl_bench": bench_table(bench, lang)}
-    _glue_all(facts, tables, {})
+    _glue_all(facts, tables, {"fig_real_exit": fig_real_exit(exp, analyses, bench, lang)})
     seed0 = analyses[a7[0]["run_id"]]
     glue("rx_samples", HTML(samples_html(seed0["samples"], a7[0]["config"]["exit_layer"], lang)), display=False)

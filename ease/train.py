@@ -133,8 +133,16 @@ def run(config: RunConfig, results_dir: str | Path = "results", device: str = "c
         raise TypeError(f"run() needs a RunConfig, got {type(config).__name__}")
     if not retrain and (record := find_record(config, results_dir)) is not None:
         return record
+    previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
+    try:
+        return _train_and_record(config, results_dir, device, progress)
+    finally:  # the caller's thread setting is theirs
+        torch.set_num_threads(previous_threads)
+
+
+def _train_and_record(config: RunConfig, results_dir: str | Path, device: str, progress: bool) -> dict:
     corpus = load_corpus(config.corpus, config.train_chars, config.val_chars, config.vocab_from)
     trained = train_model(config, corpus, device, progress)
     dev = next(trained.model.parameters()).device

@@ -56,11 +56,20 @@ def tiny(corpus_dir):
 def runs(tiny, tmp_path_factory):
     """The tiny config run twice into separate folders, and once with another seed."""
     dirs = [tmp_path_factory.mktemp(name) for name in ("first", "second", "seed1")]
-    threads = torch.get_num_threads()  # run() sets one thread; give the other tests theirs back
     records = [ease.run(tiny, dirs[0], progress=False), ease.run(tiny, dirs[1], progress=False),
                ease.run(tiny.replace(seed=1), dirs[2], progress=False)]
-    torch.set_num_threads(threads)
     return dirs, records
+
+
+def test_run_uses_one_thread_and_gives_the_callers_setting_back(tiny, tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        record = ease.run(tiny.replace(max_epochs=1), tmp_path, progress=False)
+        assert record["env"]["threads"] == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def fake_summary(ppl_deep_values):

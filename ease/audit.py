@@ -464,6 +464,10 @@ MEASURE_NAMES = {"max_prob": ("max probability (document)", "最大確率（文�
                  "oracle": ("oracle (best possible)", "オラクル（理論上の最良）")}
 
 
+# Measures a deployed model can use: the cosine needs the last layer's state, so it is a diagnostic.
+USABLE_MEASURES = tuple(name for name in MEASURES if name != "cosine")
+
+
 def matched_curves(recs: Sequence[dict], analyses: dict[str, dict]) -> tuple[list[float], dict[str, np.ndarray]]:
     """Shallow fractions and, per measure (and the oracle), the per-seed PPL matrix [seed, fraction]."""
     first = analyses[recs[0]["run_id"]]
@@ -758,7 +762,7 @@ def page_beyond(lang: str) -> None:
     fractions, curves = matched_curves(select(exp, setting="A", alpha=0.7), analyses)
     j25 = min(range(len(fractions)), key=lambda k: abs(fractions[k] - 0.25))
     at25 = {name: float(curve[:, j25].mean()) for name, curve in curves.items()}
-    best_measure = min(MEASURES, key=lambda n: at25[n])
+    best_measure = min(USABLE_MEASURES, key=lambda n: at25[n])
     facts = {
         "bd_seeds": str(len(select(dense, n_layers=1))),
         "bd_pairs": str(len(smaller)),

@@ -406,13 +406,17 @@ def test_head_only_applied_to_weighted_layers(setting, head_calls):
 
 # --- fields added after the first records: they must not change existing run ids ------------------
 def test_fields_added_later_keep_old_run_ids():
-    # The canonical record of setting A, α=0.7, seed 0 was made before lr_schedule and sweep_weights
-    # existed; its config (as written then) must still give its id.
-    path = Path(__file__).resolve().parents[1] / "results" / "runs" / "A-a0.7-L3-s0-5d79786454.json"
+    # The reference record (results/reference) was made before lr_schedule and sweep_weights
+    # existed; its config, as written then, must still give the id it was filed under.
+    path, = (Path(__file__).resolve().parents[1] / "results" / "reference" / "runs").glob("*.json")
     old = json.loads(path.read_text())["config"]
     assert "lr_schedule" not in old and "sweep_weights" not in old
-    assert RunConfig.from_dict(old).run_id == "A-a0.7-L3-s0-5d79786454"
-    assert RunConfig.from_dict(old) == RunConfig(setting="A", alpha=0.7, seed=0)
+    config = RunConfig.from_dict(old)
+    assert config.run_id == path.stem
+    assert (config.lr_schedule, config.sweep_weights) == ("constant", "best")
+    # and a config written today, with the new fields at their defaults, has that same id
+    assert RunConfig.from_dict({**old, "lr_schedule": "constant", "sweep_weights": "best"}).run_id == path.stem
+    assert config.replace(lr_schedule="cosine").run_id != path.stem
 
 
 @pytest.mark.parametrize("field_name, bad", [("lr_schedule", "linear"), ("sweep_weights", "first"),

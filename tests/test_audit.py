@@ -200,3 +200,15 @@ def test_select_is_exact_on_every_field(exp):
 def test_verdict_labels_cover_every_outcome():
     for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE):
         assert audit.verdict_label(v, "en") and audit.verdict_label(v, "ja")
+
+
+def test_bench_table_shows_the_spread_of_the_timed_runs():
+    def row(threshold, times):
+        return {"model": "default", "n_layers": 3, "dim": 64, "batch": 1, "threshold": threshold,
+                "shallow_frac": 0.5, "compute_frac": 0.5, "flop_compute_frac": 0.6, "tokens_per_s": 1.0,
+                "speedup": 2.0, "theoretical_speedup": 2.0, "ratio": 1.0, "times_s": times}
+    bench = {"rows": [row(None, [1.0, 1.2, 0.8]), row(0.5, [0.4, 0.5, 0.625])]}
+    # against the median full-depth run (1.0 s): 1.0/0.625 = 1.6 to 1.0/0.4 = 2.5
+    assert audit.speedup_range(bench, bench["rows"][1]) == pytest.approx((1.6, 2.5))
+    table = audit.bench_table(bench, "en")
+    assert "2.00× (1.60–2.50)" in table and "full depth" in table

@@ -912,3 +912,44 @@ def page_real_exit(lang: str) -> None:
     _glue_all(facts, tables, {"fig_real_exit": fig_real_exit(exp, analyses, bench, lang)})
     seed0 = analyses[a7[0]["run_id"]]
     glue("rx_samples", HTML(samples_html(seed0["samples"], a7[0]["config"]["exit_layer"], lang)), display=False)
+
+
+# --- the landing page: one line per audit chapter -----------------------------------------------
+def page_glance(lang: str) -> None:
+    """Glue the landing page's summary of the audit chapters (gl_* facts), from the same records."""
+    from ease.report import load_published
+
+    say = lambda en, ja: _pick(lang, en, ja)  # noqa: E731
+    matches = forensic_matches(grid_records("forensics"), load_published())
+    closer = sum(m.closer == "placeholder" for m in matches)
+    verdict_word = {SUPPORTED: say("supported", "支持される"), REJECTED: say("rejected", "棄却される"),
+                    INCONCLUSIVE: say("inconclusive", "判定不能")}[placeholder_verdict(matches)]
+    claims = evaluate_claims(grid_records("exp5-6"), lang)
+    by_verdict = {v: [str(c.number) for c in claims if c.verdict == v]
+                  for v in (REPRODUCED, INCONCLUSIVE, NOT_REPRODUCED)}
+    claim_text = "; ".join(f"{verdict_label(v, lang)}: {', '.join(nums)}" for v, nums in by_verdict.items() if nums)
+    exp, dense = grid_records("exp5-6"), grid_records("dense")
+    smaller = [r for r in equal_compute(exp, dense, lang) if r["compute"] < 1]
+    wins = sum(r["verdict"] == REPRODUCED for r in smaller)
+    a7 = select(exp, setting="A", alpha=0.7)
+    analyses = grid_analyses(a7)
+    gap = mean_ci(next(e["ppl"] - e["sim_ppl"] for e in analyses[r["run_id"]]["real_exit"]
+                       if abs(e["threshold"] - 0.5) < 1e-9) for r in a7)
+    large = next(r for r in load_bench()["nearest_50"] if r["model"] == "large" and r["batch"] == 1)
+    facts = {
+        "gl_forensics": say(f"{verdict_word}: {closer} of the document's {len(matches)} numbers lie closer to runs "
+                            "on the original code's placeholder sentence than to runs on WikiText-2",
+                            f"{verdict_word}: 文書の数値 {len(matches)} 個のうち {closer} 個が、WikiText-2 での実行より"
+                            "元のコードの代替文での実行に近い"),
+        "gl_claims": claim_text,
+        "gl_equal": say(f"early exit beats a plain smaller model of the same compute in {wins} of {len(smaller)} "
+                        "comparisons", f"同じ計算量の小さい密なモデルに早期退出が勝つのは {len(smaller)} 件中 {wins} 件"),
+        "gl_real": say(f"really skipping the layers costs {fmt_stat(gap, 'ppl')} PPL (setting A, α = 0.7, τ = 0.5); "
+                       f"the 12-layer model decodes {large['speedup']:.2f}× faster at "
+                       f"{fmt_value(large['compute_frac'], 'compute_frac')} Compute (theory "
+                       f"{large['theoretical_speedup']:.2f}×)",
+                       f"層を実際に飛ばすと PPL が {fmt_stat(gap, 'ppl')} 悪化する（設定A、α = 0.7、τ = 0.5）。"
+                       f"12 層モデルは Compute {fmt_value(large['compute_frac'], 'compute_frac')} で "
+                       f"{large['speedup']:.2f} 倍速くデコードする（理論値 {large['theoretical_speedup']:.2f} 倍）"),
+    }
+    _glue_all(facts, {}, {})

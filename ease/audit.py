@@ -579,13 +579,23 @@ def best_alpha(records: Sequence[dict], setting: str, metric: str = "ppl") -> fl
 
 
 # --- real early exit ---------------------------------------------------------------------------
+def real_exit_entry(analysis: dict, threshold: float) -> dict:
+    """A checkpoint analysis's real-exit row (with its simulated twin) at one threshold."""
+    return next(e for e in analysis["real_exit"] if abs(e["threshold"] - threshold) < 1e-9)
+
+
+def real_exit_gap(recs: Sequence[dict], analyses: dict[str, dict], threshold: float = 0.5) -> Stat:
+    """Real-exit PPL minus simulated PPL at `threshold`, per seed."""
+    return mean_ci(real_exit_entry(analyses[r["run_id"]], threshold)["ppl"]
+                   - real_exit_entry(analyses[r["run_id"]], threshold)["sim_ppl"] for r in recs)
+
+
 def real_exit_table(exp: Sequence[dict], analyses: dict[str, dict], lang: str) -> str:
     rows = []
     for cell in (("A", 0.7), ("B", 0.7)):
         recs = select(exp, setting=cell[0], alpha=cell[1])
         for t in DOC_THRESHOLDS:
-            entries = [next(e for e in analyses[r["run_id"]]["real_exit"] if abs(e["threshold"] - t) < 1e-9)
-                       for r in recs]
+            entries = [real_exit_entry(analyses[r["run_id"]], t) for r in recs]
             col = lambda k: mean_ci([e[k] for e in entries])  # noqa: E731
             rows.append({_pick(lang, "run", "設定"): f"{cell[0]}, α={cell[1]:g}", "τ": f"{t:.2f}",
                          "Shallow": fmt_stat(col("shallow_frac"), "shallow_frac"),
@@ -875,9 +885,9 @@ def page_real_exit(lang: str) -> None:
     large_batch = [r for (m, b), r in near.items() if m == "large" and b > 1]
 
     def entry(rec: dict, t: float) -> dict:
-        return next(e for e in analyses[rec["run_id"]]["real_exit"] if abs(e["threshold"] - t) < 1e-9)
+        return real_exit_entry(analyses[rec["run_id"]], t)
 
-    gap = mean_ci(entry(r, 0.5)["ppl"] - entry(r, 0.5)["sim_ppl"] for r in a7)
+    gap = real_exit_gap(a7, analyses)
     env = bench["env"]
     facts = {
         "rx_seeds": str(len(a7)),
@@ -933,8 +943,7 @@ def page_glance(lang: str) -> None:
     wins = sum(r["verdict"] == REPRODUCED for r in smaller)
     a7 = select(exp, setting="A", alpha=0.7)
     analyses = grid_analyses(a7)
-    gap = mean_ci(next(e["ppl"] - e["sim_ppl"] for e in analyses[r["run_id"]]["real_exit"]
-                       if abs(e["threshold"] - 0.5) < 1e-9) for r in a7)
+    gap = real_exit_gap(a7, analyses)
     large = next(r for r in load_bench()["nearest_50"] if r["model"] == "large" and r["batch"] == 1)
     facts = {
         "gl_forensics": say(f"{verdict_word}: {closer} of the document's {len(matches)} numbers lie closer to runs "

@@ -560,17 +560,27 @@ def fig_alpha_grid(records: Sequence[dict], lang: str):
 
 
 def alpha_table(records: Sequence[dict], lang: str) -> str:
-    """Per α: PPL of A and B at τ = 0.95, and the paired difference A − B with its verdict."""
+    """Per α, claims 1 and 4 of the document: PPL of A and B at τ = 0.95 with the paired difference
+    A − B ("A better"), and Shallow % with B − A ("B exits more"), each with its verdict."""
     rows = []
     alphas, _ = alpha_values(records, "A", "ppl")
     for a in alphas:
         ra, rb = select(records, setting="A", alpha=a), select(records, setting="B", alpha=a)
-        comp = compare(rb, ra, "ppl", -1, "")
+        ppl, shallow = alpha_claims(records, a)
         rows.append({"α": f"{a:g}", "PPL A": fmt_stat(mean_ci(value(r, "ppl") for r in ra), "ppl"),
                      "PPL B": fmt_stat(mean_ci(value(r, "ppl") for r in rb), "ppl"),
-                     _pick(lang, "A − B [95% CI]", "A − B [95% CI]"): fmt_diff(comp.stat, "ppl"),
-                     _pick(lang, "A better?", "A が優れるか"): verdict_label(comp.verdict, lang)})
+                     _pick(lang, "A − B [95% CI]", "A − B [95% CI]"): fmt_diff(ppl.stat, "ppl"),
+                     _pick(lang, "A better?", "A が優れるか"): verdict_label(ppl.verdict, lang),
+                     _pick(lang, "Shallow B − A [95% CI]", "Shallow B − A [95% CI]"):
+                         fmt_diff(shallow.stat, "shallow_frac"),
+                     _pick(lang, "B exits more?", "B の退出が多いか"): verdict_label(shallow.verdict, lang)})
     return markdown_table(pd.DataFrame(rows))
+
+
+def alpha_claims(records: Sequence[dict], alpha: float) -> tuple[Comparison, Comparison]:
+    """Claims 1 (PPL: A − B < 0) and 4 (Shallow: B − A > 0) at one α of the alpha grid, paired by seed."""
+    ra, rb = select(records, setting="A", alpha=alpha), select(records, setting="B", alpha=alpha)
+    return compare(rb, ra, "ppl", -1, ""), compare(ra, rb, "shallow_frac", 1, "")
 
 
 def best_alpha(records: Sequence[dict], setting: str, metric: str = "ppl") -> float:
@@ -795,13 +805,14 @@ def page_beyond(lang: str) -> None:
         "bd_best_alpha_a_deep": f"{best_alpha(alpha, 'A', 'ppl_deep'):g}",
         "bd_best_alpha_b_deep": f"{best_alpha(alpha, 'B', 'ppl_deep'):g}",
     }
-    a_better = []
-    for a in sorted({r["config"]["alpha"] for r in alpha}):
-        comp = compare(select(alpha, setting="B", alpha=a), select(alpha, setting="A", alpha=a), "ppl", -1, "")
-        a_better.append(comp.verdict)
-    facts["bd_alpha_n"] = str(len(a_better))
-    facts["bd_alpha_a_better"] = str(a_better.count(REPRODUCED))
-    facts["bd_alpha_b_better"] = str(a_better.count(NOT_REPRODUCED))
+    per_alpha = [alpha_claims(alpha, a) for a in sorted({r["config"]["alpha"] for r in alpha})]
+    ppl_verdicts = [ppl.verdict for ppl, _ in per_alpha]
+    shallow_verdicts = [shallow.verdict for _, shallow in per_alpha]
+    facts["bd_alpha_n"] = str(len(per_alpha))
+    facts["bd_alpha_a_better"] = str(ppl_verdicts.count(REPRODUCED))
+    facts["bd_alpha_b_better"] = str(ppl_verdicts.count(NOT_REPRODUCED))
+    facts["bd_alpha_b_exits_more"] = str(shallow_verdicts.count(REPRODUCED))
+    facts["bd_alpha_a_exits_more"] = str(shallow_verdicts.count(NOT_REPRODUCED))
     tables = {"tbl_equal_compute": equal_compute_table(eq, lang), "tbl_measures": measures_table(exp, analyses, lang),
               "tbl_alpha_grid": alpha_table(alpha, lang)}
     figures = {"fig_equal_compute": fig_equal_compute(exp, dense, lang), "fig_measures": fig_measures(exp, analyses, lang),

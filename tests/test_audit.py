@@ -176,6 +176,13 @@ def test_alpha_grid_tables(results):
     assert audit.best_alpha(records, "A") == 0.7  # the designed minimum among the grid's values
     table = audit.alpha_table(records, "en")
     assert len(table.splitlines()) == 2 + 11
+    # at α = 0.7 the designed A is better than B and lets more tokens exit (claim 1 holds, claim 4 fails);
+    # routed PPL at τ = 0.95 is base · (1 + 2 · shallow), shallow = 0.05 for A and 0.05² for B
+    ppl, shallow = audit.alpha_claims(records, 0.7)
+    assert ppl.stat.mean == pytest.approx(7.0 * (1 + 2 * 0.05) - 8.0 * (1 + 2 * 0.05 ** 2))
+    assert (ppl.verdict, shallow.verdict) == (REPRODUCED, NOT_REPRODUCED)
+    assert shallow.stat.mean == pytest.approx((1 - 0.95) ** 2 - (1 - 0.95))
+    assert "B exits more?" in table.splitlines()[0]
 
 
 def test_measures_table_and_figures(results, exp):

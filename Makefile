@@ -21,7 +21,8 @@ test: setup
 	$(PY) -m pytest
 
 # Discard the canonical records and re-run every run from scratch, then rebuild the book.
-# The decoding benchmark trains its larger model once (about 20 min on one core) and needs quiet cores.
+# The decoding benchmark trains its two models into RESULTS/bench (about 6 min on a quiet core) and needs
+# quiet cores for its timings.
 reproduce: setup
 	rm -rf $(RESULTS)/runs $(RESULTS)/executed $(RESULTS)/analysis $(RESULTS)/bench
 	$(PY) -m ease.pipeline --book --results $(RESULTS)
@@ -32,7 +33,8 @@ reproduce: setup
 smoke: setup
 	$(PY) -m ease.pipeline --grid exp5-6 --smoke --results $(RESULTS)/smoke
 
-# Print the training-throughput and decoding-speed tables (they write nothing the book reads).
+# Print the training-throughput and decoding-speed tables (the book reads neither; the decoding benchmark
+# trains its models into results/bench when their checkpoints are missing).
 bench: setup
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_decode.py

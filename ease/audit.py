@@ -13,6 +13,7 @@ from the records (and checkpoint analyses) of the pipeline's grids:
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -829,8 +830,6 @@ def load_bench(results: str | Path | None = None) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no decoding benchmark at {path}: run python benchmarks/bench_decode.py "
                                 f"--json {path}")
-    import json
-
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -895,15 +894,13 @@ def page_real_exit(lang: str) -> None:
     large = next(r for (m, b), r in near.items() if m == "large" and b == 1)
     large_batch = [r for (m, b), r in near.items() if m == "large" and b > 1]
 
-    def entry(rec: dict, t: float) -> dict:
-        return real_exit_entry(analyses[rec["run_id"]], t)
-
+    at_05 = [real_exit_entry(analyses[r["run_id"]], 0.5) for r in a7]
     gap = real_exit_gap(a7, analyses)
     env = bench["env"]
     facts = {
         "rx_seeds": str(len(a7)),
-        "rx_sim_05": fmt_stat(mean_ci(entry(r, 0.5)["sim_ppl"] for r in a7), "ppl"),
-        "rx_real_05": fmt_stat(mean_ci(entry(r, 0.5)["ppl"] for r in a7), "ppl"),
+        "rx_sim_05": fmt_stat(mean_ci(e["sim_ppl"] for e in at_05), "ppl"),
+        "rx_real_05": fmt_stat(mean_ci(e["ppl"] for e in at_05), "ppl"),
         "rx_large_threshold": f"{large['threshold']:g}",
         "rx_large_compute": fmt_value(large["compute_frac"], "compute_frac"),
         "rx_large_flops": fmt_value(large["flop_compute_frac"], "compute_frac"),

@@ -62,6 +62,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ease.exits import layer_compute_frac
 from ease.model import EarlyExitLM, ModelConfig, apply_rotary, rotary_tables
 
 
@@ -500,5 +501,5 @@ def compute_fracs(shallow_frac: float, cfg: ModelConfig, exit_layer: int = 1, de
                   context: float = 0.0) -> dict[str, float]:
     """Both cost measures: layer count (as `ease.exits.route`) and multiply-adds (`flop_compute_frac`)."""
     flops = flop_compute_frac(shallow_frac, cfg, exit_layer, decide, context)
-    return {"compute_frac": shallow_frac * exit_layer / cfg.n_layers + (1 - shallow_frac),
+    return {"compute_frac": layer_compute_frac(shallow_frac, exit_layer, cfg.n_layers),
             "flop_compute_frac": flops}

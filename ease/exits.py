@@ -33,14 +33,18 @@ def _ppl(ce: torch.Tensor) -> float:
     return math.exp(ce.double().mean().item())
 
 
+def layer_compute_frac(shallow_frac: float, exit_layer: int, n_layers: int) -> float:
+    """Compute % by layer count: exit_layer/n_layers of the network for an exited token, all of it otherwise."""
+    return shallow_frac * exit_layer / n_layers + (1.0 - shallow_frac)
+
+
 def route(stats: TokenStats, threshold: float) -> dict[str, float]:
     """PPL, shallow fraction and compute fraction of routing at one threshold."""
     exits = stats.confidence >= threshold
     ce = torch.where(exits, stats.ce_exit, stats.ce_last)
     shallow = exits.double().mean().item()
-    # compute: exit_layer/n_layers of the network for an exited token, all of it otherwise
-    compute = shallow * stats.exit_layer / stats.n_layers + (1.0 - shallow)
-    return {"threshold": float(threshold), "ppl": _ppl(ce), "shallow_frac": shallow, "compute_frac": compute}
+    return {"threshold": float(threshold), "ppl": _ppl(ce), "shallow_frac": shallow,
+            "compute_frac": layer_compute_frac(shallow, stats.exit_layer, stats.n_layers)}
 
 
 def sweep(stats: TokenStats, thresholds: Iterable[float]) -> list[dict[str, float]]:

@@ -28,6 +28,7 @@ import pandas as pd
 import yaml
 
 from ease.config import DOC_THRESHOLDS, RunConfig
+from ease.exits import layer_compute_frac
 from ease.results import load_records
 from ease.stats import CI_LEVEL, Stat, diff_ci, mean_ci  # noqa: F401 (mean_ci: part of the report API)
 
@@ -372,8 +373,7 @@ def runs_table(grid: Grid, lang: str, link_prefix: str = "runs/") -> str:
 # --- the document's own consistency ---------------------------------------------------------------
 def _implied_compute(shallow_pct: float, exit_layer: int = 1, n_layers: int = 3) -> float:
     """Compute % implied by a Shallow %: an exited token costs exit_layer/n_layers, the rest 1."""
-    s = shallow_pct / 100
-    return 100 * (s * exit_layer / n_layers + (1 - s))
+    return 100 * layer_compute_frac(shallow_pct / 100, exit_layer, n_layers)
 
 
 def document_rows(published: dict) -> list[tuple[str, dict]]:

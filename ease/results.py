@@ -17,8 +17,26 @@ import pandas as pd
 from ease.config import RunConfig
 
 
+# The results folder's layout, defined here only:
+#   runs/<run_id>.json      records          runs/<run_id>.pt   checkpoints
+#   executed/<run_id>.ipynb lab notebooks    analysis/<run_id>.json  checkpoint analyses
+#   bench/decode.json       the decoding benchmark (and its models' records)
 def runs_dir(results_dir: str | Path) -> Path:
     return Path(results_dir) / "runs"
+
+
+def executed_path(results_dir: str | Path, run_id: str) -> Path:
+    """A run's executed training notebook (its lab notebook)."""
+    return Path(results_dir) / "executed" / f"{run_id}.ipynb"
+
+
+def bench_dir(results_dir: str | Path) -> Path:
+    """The decoding benchmark's models and results (kept apart from the canonical runs)."""
+    return Path(results_dir) / "bench"
+
+
+def bench_path(results_dir: str | Path) -> Path:
+    return bench_dir(results_dir) / "decode.json"
 
 
 def record_path(results_dir: str | Path, run_id: str) -> Path:

@@ -1,0 +1,396 @@
+"""What every chapter module shares: the book's records, the document's values, labels, formatting,
+glue and figure style. Language-neutral: it returns numbers, tables and figures; words come from
+book/<lang>/labels.yml (`labels`) and sentences from the pages themselves.
+
+Which records are "the book's grid": the configs of the `exp5-6` grid (setting A at α 0.3/0.5/0.7, B at
+0.7, the document's sizes), seed ignored. When the results folder holds no complete set of such records
+(e.g. small development runs), the one other set of records that covers every (setting, α) cell with a
+single shared configuration is used instead, and the book says how it differs from the reference.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import yaml
+
+from ease.config import DOC_THRESHOLDS, RunConfig
+from ease.grid import expand_grid, load_grid
+from ease.analysis import load_analysis
+from ease.results import bench_path, find_record, load_records
+from ease.stats import Stat, mean_ci
+
+RESULTS_ENV = "EASE_RESULTS"
+BOOK_DIR = Path(__file__).resolve().parents[1]  # book/: the pages, labels and published values live here
+PUBLISHED_PATH = BOOK_DIR / "data" / "published.yaml"
+BOOK_GRID = "exp5-6"  # the grid whose runs the Exp 5/6 chapters report
+LANGS = ("en", "ja")
+# Fonts tried, in order, for Japanese figure text (fonts-noto-cjk provides the first).
+CJK_FONTS = ("Noto Sans CJK JP", "Noto Serif CJK JP", "IPAexGothic", "IPAGothic", "TakaoGothic",
+             "Source Han Sans JP", "Source Han Sans")
+CJK_FILE_PATTERN = re.compile(r"(NotoSansCJK|NotoSerifCJK|SourceHanSans|ipaexg|ipag)", re.I)
+METRICS = ("ppl", "shallow_frac", "compute_frac")
+# Fields that vary inside the grid; everything else of a config must be shared by the book's records.
+CELL_FIELDS = ("setting", "alpha", "weights", "seed")
+PALETTE = {("A", 0.3): "#9ecae1", ("A", 0.5): "#4292c6", ("A", 0.7): "#08519c", ("B", 0.7): "#d94801"}
+
+
+def check_lang(lang: str) -> str:
+    if lang not in LANGS:
+        raise ValueError(f"lang must be one of {LANGS}, got {lang!r}")
+    return lang
+
+
+@functools.lru_cache(maxsize=None)
+def labels(lang: str) -> dict:
+    """The words figures and tables need in one language: book/<lang>/labels.yml."""
+    out: dict = {}
+    # TEMPORARY while chapters move: labels_*.yml are merged in; one file per language at the end
+    for path in sorted((BOOK_DIR / check_lang(lang)).glob("labels*.yml")):
+        out.update(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    return out
+
+
+# --- inputs --------------------------------------------------------------------------------------
+def results_dir() -> Path:
+    """The results folder the book reads: $EASE_RESULTS, else ./results (book/build.py always sets it)."""
+    return Path(os.environ.get(RESULTS_ENV) or "results")
+
+
+def load_published(path: str | Path = PUBLISHED_PATH) -> dict:
+    """The document's published values (see the comments in the file for where each comes from)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"published values file {path} is missing; it holds the experiment document's "
+                                "tables that the book compares against")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for key in ("setup", "exp5_alpha", "exp5_threshold", "exp6_settings", "exp6_threshold", "discussion"):
+        if key not in data:
+            raise ValueError(f"{path}: section {key!r} is missing")
+    return data
+
+
+def reference_configs(grid: str = BOOK_GRID) -> list[RunConfig]:
+    """The pipeline grid's configs (all seeds): what the book's records should be."""
+    return expand_grid(load_grid(grid))
+
+
+def _rest(config: dict, drop: Sequence[str]) -> str:
+    """A config without the fields in `drop`, as canonical JSON (a hashable grouping key)."""
+    return json.dumps({k: v for k, v in config.items() if k not in drop}, sort_keys=True)
+
+
+def _cell(config: dict) -> tuple[str, float]:
+    return config["setting"], float(config["alpha"])
+
+
+@dataclass
+class Grid:
+    """The book's records: per (setting, alpha) cell, every seed's record."""
+
+    results_dir: Path
+    cells: list[tuple[str, float]]  # in the grid's order
+    runs: dict[tuple[str, float], list[dict]]  # cell -> records, by seed
+    base: dict  # the config fields shared by all runs (no setting/alpha/weights/seed)
+    deviations: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # field -> (ours, reference)
+
+    def cell(self, setting: str, alpha: float) -> list[dict]:
+        key = (setting, float(alpha))
+        if key not in self.runs:
+            raise KeyError(f"the book's grid has no cell setting={setting} alpha={alpha:g}; it has {self.cells}")
+        return self.runs[key]
+
+    def records(self) -> list[dict]:
+        return [r for c in self.cells for r in self.runs[c]]
+
+    def values(self, setting: str, alpha: float, metric: str, threshold: float | None = None) -> list[float]:
+        """One value per seed: a record metric, or a sweep entry's at `threshold`."""
+        out = []
+        for record in self.cell(setting, alpha):
+            if threshold is None:
+                out.append(float(record["metrics"][metric]))
+            else:
+                out.append(float(sweep_row(record, threshold)[metric]))
+        return out
+
+    def stat(self, setting: str, alpha: float, metric: str, threshold: float | None = None) -> "Stat":
+        return mean_ci(self.values(setting, alpha, metric, threshold))
+
+    @property
+    def seeds(self) -> dict[tuple[str, float], list[int]]:
+        return {c: [r["config"]["seed"] for r in self.runs[c]] for c in self.cells}
+
+
+def sweep_row(record: dict, threshold: float) -> dict:
+    for row in record["sweep"]:
+        if abs(row["threshold"] - threshold) < 1e-9:
+            return row
+    raise ValueError(f"record {record['run_id']} has no sweep entry at threshold {threshold:g}; the book needs "
+                     f"its sweep_thresholds to include the document's thresholds {DOC_THRESHOLDS}")
+
+
+def select_grid(records: list[dict], references: Sequence[RunConfig], results: Path | str = "") -> Grid:
+    """Pick the book's records out of `records` (see the module docstring for the rule)."""
+    ref_dicts = [json.loads(json.dumps(c.to_dict())) for c in references]
+    cells = list(dict.fromkeys(_cell(c) for c in ref_dicts))
+    ref_keys = {_rest(c, ("seed",)) for c in ref_dicts}
+
+    def complete(recs: list[dict]) -> bool:
+        return {_cell(r["config"]) for r in recs} >= set(cells)
+
+    in_cells = [r for r in records if r["config"]["setting"] in ("A", "B") and r["config"]["alpha"] is not None
+                and _cell(r["config"]) in cells]
+    exact = [r for r in in_cells if _rest(r["config"], ("seed",)) in ref_keys]
+    if exact and complete(exact):
+        chosen = exact
+    else:
+        groups: dict[str, list[dict]] = {}
+        for r in in_cells:
+            groups.setdefault(_rest(r["config"], CELL_FIELDS), []).append(r)
+        full = {k: v for k, v in groups.items() if complete(v)}
+        where = f"in {Path(results) / 'runs'}" if results else "among the records given"
+        wanted = ", ".join(f"{s} α={a:g}" for s, a in cells)
+        if not full:
+            seen = sorted({f"{s} α={a:g}" for s, a in (_cell(r["config"]) for r in in_cells)})
+            raise LookupError(
+                f"no complete set of records for the book's grid ({wanted}) {where}: found "
+                f"{len(records)} record(s), covering {seen or 'none of those cells'}. Run the grid first: "
+                f"python -m ease.pipeline --grid {BOOK_GRID} --results <that folder>")
+        if len(full) > 1:
+            diffs = [_diff(json.loads(k), json.loads(next(iter(full)))) for k in list(full)[1:]]
+            raise LookupError(
+                f"{len(full)} different configurations each cover the book's grid ({wanted}) {where}; they "
+                f"differ in {sorted({f for d in diffs for f in d})}. Keep one set of runs per results folder.")
+        chosen = next(iter(full.values()))
+    runs = {c: sorted((r for r in chosen if _cell(r["config"]) == c), key=lambda r: r["config"]["seed"])
+            for c in cells}
+    base = {k: v for k, v in chosen[0]["config"].items() if k not in CELL_FIELDS}
+    ref_base = {k: v for k, v in ref_dicts[0].items() if k not in CELL_FIELDS}
+    return Grid(Path(results), cells, runs, base, _diff(base, ref_base))
+
+
+def _diff(ours: dict, ref: dict) -> dict[str, tuple[Any, Any]]:
+    return {k: (ours.get(k), ref.get(k)) for k in sorted(set(ours) | set(ref)) if ours.get(k) != ref.get(k)}
+
+
+def book_grid(results: str | Path | None = None) -> Grid:
+    """The book's records from a results folder (default: `results_dir()`)."""
+    results = Path(results) if results is not None else results_dir()
+    if not (results / "runs").is_dir():
+        raise FileNotFoundError(f"no run records: {results / 'runs'} does not exist. Produce them with "
+                                f"python -m ease.pipeline --grid {BOOK_GRID} --results {results}, or point "
+                                f"{RESULTS_ENV} at a results folder that has them")
+    return select_grid(load_records(results), reference_configs(), results)
+
+
+def grid_records(name: str, results: str | Path | None = None) -> list[dict]:
+    """The records of every config of a builtin grid; a clear error naming what is missing."""
+    results = Path(results) if results is not None else results_dir()
+    configs = expand_grid(load_grid(name))
+    records = [find_record(c, results) for c in configs]
+    missing = [c.run_id for c, r in zip(configs, records) if r is None]
+    if missing:
+        raise LookupError(f"{len(missing)} of {len(configs)} runs of grid {name!r} have no record in "
+                          f"{results / 'runs'} (e.g. {missing[:3]}). Run them: python -m ease.pipeline --grid {name}")
+    for record in records:  # read through RunConfig so older records show today's fields
+        record["config"] = RunConfig.from_dict(record["config"]).to_dict()
+    return records
+
+
+def grid_analyses(records: Sequence[dict], results: str | Path | None = None) -> dict[str, dict]:
+    """The checkpoint analysis of every record, by run id; a clear error when one is missing."""
+    results = Path(results) if results is not None else results_dir()
+    out = {}
+    for record in records:
+        analysis = load_analysis(RunConfig.from_dict(record["config"]), results)
+        if analysis is None:
+            raise LookupError(f"run {record['run_id']} has no current analysis in {results / 'analysis'}; "
+                              "compute it with python -m ease.pipeline --book (it needs the run's checkpoint)")
+        out[record["run_id"]] = analysis
+    return out
+
+
+def select(records: Sequence[dict], **fields) -> list[dict]:
+    """The records whose config has all these field values, in seed order."""
+    def match(record: dict) -> bool:
+        c = record["config"]
+        return all((c[k] is None and v is None) or (c[k] is not None and v is not None and
+                                                    (c[k] == v or (isinstance(v, float) and math.isclose(c[k], v))))
+                   for k, v in fields.items())
+    chosen = sorted((r for r in records if match(r)), key=lambda r: r["config"]["seed"])
+    if not chosen:
+        raise LookupError(f"no records with {fields}")
+    return chosen
+
+
+def value(record: dict, metric: str, threshold: float | None = None) -> float:
+    """A record's metric at its operating threshold (None) or a sweep entry's at `threshold`."""
+    return float(record["metrics"][metric] if threshold is None else sweep_row(record, threshold)[metric])
+
+
+def paired(a: Sequence[dict], b: Sequence[dict]) -> None:
+    seeds_a, seeds_b = [r["config"]["seed"] for r in a], [r["config"]["seed"] for r in b]
+    if seeds_a != seeds_b:
+        raise ValueError(f"paired comparison needs the same seeds on both sides, got {seeds_a} and {seeds_b}")
+
+
+def load_bench(results: str | Path | None = None) -> dict:
+    path = bench_path(results if results is not None else results_dir())
+    if not path.is_file():
+        raise FileNotFoundError(f"no decoding benchmark at {path}: run python benchmarks/bench_decode.py "
+                                f"--json {path}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --- formatting ----------------------------------------------------------------------------------
+DIGITS = {"ppl": 2, "shallow_frac": 1, "compute_frac": 1}
+PERCENT = {"ppl": False, "shallow_frac": True, "compute_frac": True}
+
+
+def fmt_value(value: float, metric: str) -> str:
+    if PERCENT[metric]:
+        return f"{100 * value:.{DIGITS[metric]}f}%"
+    return f"{value:.{DIGITS[metric]}f}"
+
+
+def fmt_stat(stat: Stat, metric: str) -> str:
+    """'12.34 ± 0.56' (mean ± CI half-width), or the bare mean with one seed."""
+    scale = 100 if PERCENT[metric] else 1
+    unit = "%" if PERCENT[metric] else ""
+    digits = DIGITS[metric]
+    if stat.half is None:
+        return f"{scale * stat.mean:.{digits}f}{unit}"
+    return f"{scale * stat.mean:.{digits}f} ± {scale * stat.half:.{digits}f}{unit}"
+
+
+def fmt_published(row: dict, metric: str) -> str:
+    key = {"ppl": "ppl", "shallow_frac": "shallow_pct", "compute_frac": "compute_pct"}[metric]
+    value = row[key]
+    return f"{value:.{DIGITS[metric]}f}" + ("%" if PERCENT[metric] else "")
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A pipe table (MyST renders it as a real table); every cell must be a non-empty string."""
+    for col in df.columns:
+        for value in df[col]:
+            if not isinstance(value, str) or not value.strip() or value.strip().lower() == "nan":
+                raise ValueError(f"table column {col!r} has an empty or non-text cell {value!r}")
+
+    def esc(s: str) -> str:
+        return str(s).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(esc(c) for c in df.columns) + " |",
+             "|" + "|".join(":---" if i == 0 else "---:" for i in range(len(df.columns))) + "|"]
+    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def fmt_diff(stat: Stat, metric: str) -> str:
+    scale, unit = (100, " pp") if PERCENT[metric] else (1, "")
+    digits = 2 if metric == "ppl" else 1
+    if stat.half is None:
+        return f"{scale * stat.mean:+.{digits}f}{unit}"
+    return (f"{scale * stat.mean:+.{digits}f}{unit} [{scale * stat.lo:+.{digits}f}, "
+            f"{scale * stat.hi:+.{digits}f}]")
+
+
+def short(value: Any) -> str:
+    if isinstance(value, list):
+        return f"[{len(value)} values]"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return f"{value}"
+
+
+def cjk_font() -> str:
+    """The name of an installed font with Japanese glyphs; a clear error if there is none."""
+    from matplotlib import font_manager as fm
+
+    def available() -> str | None:
+        names = {f.name for f in fm.fontManager.ttflist}
+        return next((n for n in CJK_FONTS if n in names), None)
+
+    if (name := available()) is None:
+        # installed after matplotlib cached its font list: register the files directly
+        for path in fm.findSystemFonts():
+            if CJK_FILE_PATTERN.search(Path(path).name):
+                fm.fontManager.addfont(path)
+        name = available()
+    if name is None:
+        raise RuntimeError(
+            "No font with Japanese glyphs was found, so Japanese figure text would render as empty boxes. "
+            f"Install one of {', '.join(CJK_FONTS)} (on Debian/Ubuntu: apt-get install fonts-noto-cjk) and rebuild.")
+    return name
+
+
+@contextmanager
+def figure_style(lang: str):
+    """Seaborn style plus a font that covers the language; missing glyphs raise instead of drawing boxes."""
+    import matplotlib as mpl
+    import seaborn as sns
+
+    rc = dict(sns.axes_style("whitegrid"))
+    rc.update(sns.plotting_context("notebook", font_scale=0.9))
+    rc.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight", "axes.unicode_minus": False})
+    # Concrete family names, not "sans-serif": text resolves its font when drawn, which for the
+    # notebook's inline display happens after this context has restored the rc settings.
+    rc["font.family"] = [cjk_font(), "DejaVu Sans"] if check_lang(lang) == "ja" else ["DejaVu Sans"]
+    with mpl.rc_context(rc), warnings.catch_warnings():
+        warnings.filterwarnings("error", message=r"Glyph .* missing from")
+        yield
+
+
+def finish(fig):
+    fig.canvas.draw()  # render now, inside figure_style, so a missing glyph raises here
+    return fig
+
+
+PALETTE = {("A", 0.3): "#9ecae1", ("A", 0.5): "#4292c6", ("A", 0.7): "#08519c", ("B", 0.7): "#d94801"}
+
+def color(cell: tuple[str, float], i: int = 0) -> str:
+    import seaborn as sns
+
+    return PALETTE.get(cell) or sns.color_palette("colorblind")[i % 10]
+
+
+# --- glue (inside a page being executed) ----------------------------------------------------------
+def glue_text(key: str, text: str) -> None:
+    """Glue a short MyST fragment (a number, a verdict word, a cell) for the page's {glue:md}`key`."""
+    from IPython.display import Markdown
+    from myst_nb import glue
+
+    glue(key, Markdown(str(text)), display=False)
+
+
+def glue_all(values: dict[str, Any]) -> None:
+    for key, text in values.items():
+        glue_text(key, text)
+
+
+def glue_table(key: str, table_markdown: str) -> None:
+    glue_text(key, table_markdown)
+
+
+def glue_figure(key: str, fig) -> None:
+    """Glue a figure for a {glue:figure} in the same page, then close it so it is not shown twice."""
+    import matplotlib.pyplot as plt
+    from myst_nb import glue
+
+    glue(key, fig, display=False)
+    plt.close(fig)
+
+
+def glue_choice(key: str, wordings: dict[str, str], case: str, **values: Any) -> None:
+    """Glue the page's own wording for `case` (a sentence held in the page), filled with `values`."""
+    if case not in wordings:
+        raise KeyError(f"{key}: the page has no wording for case {case!r}; it has {sorted(wordings)}")
+    glue_text(key, wordings[case].format(**values))

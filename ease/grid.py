@@ -1,0 +1,200 @@
+"""Grids: named sets of run configs (builtin, or read from a YAML/JSON file), expanded and validated.
+
+``--grid`` takes builtin names or YAML/JSON files, run one after the other. Builtin grids:
+``exp5-6`` (the default: the document's Experiments 5 and 6, five seeds), ``forensics`` (the
+document's grid at the original code's sizes and rules, on WikiText-2 and on the original's
+placeholder text), ``dense`` (1-, 2- and 3-layer models with the last layer's loss only),
+``regimes`` (the document's configurations trained with cosine decay and patience) and
+``alpha`` (α from 0 to 1 by 0.1 for A and B). ``--book`` runs every grid the book reads; only
+``exp5-6``'s runs get lab notebooks there (the others need records and analyses). A grid file
+looks like ``examples/grid.yaml``::
+
+    description: any text            # optional
+    seeds: 3                         # optional: seeds 0..N-1, or an explicit list [0, 4]; default 3
+    base:                            # optional: RunConfig fields shared by every run
+      max_epochs: 30
+    analyse: false                   # optional: also compute each run's checkpoint analysis
+    runs:                            # required: one entry per group of runs
+      - {setting: A, alpha: [0.3, 0.5, 0.7]}           # a list means "each of these": 3 configs
+      - {setting: B, alpha: 0.7, norm: [post, pre]}    # several lists: their product, 2 configs
+      - {setting: custom, alpha: null, weights: {1: 0.5, 3: 0.5}}
+
+Keys of ``base`` and of each entry are ``RunConfig`` fields (an entry overrides ``base``);
+``seed`` is not one of them, since ``seeds`` sets it. Every config runs once per seed; runs
+are ordered seed by seed (all of seed 0 first), so a stopped grid has whole seeds done, and a
+config listed twice runs once. ``sweep_thresholds`` takes a list of numbers as its value; to
+expand it give a list of such lists. ``--seeds N`` overrides the file's seeds, and ``--smoke``
+replaces the sizes with the tiny ``SMOKE`` set and writes to ``results/smoke`` unless
+``--results`` is given. Every entry is checked before anything runs; a bad one is an error
+naming the entry.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ease.config import RunConfig
+
+# The tiny sizes of a smoke run (tests, nbval, `--smoke`); defined once, here.
+SMOKE = {"train_chars": 20_000, "val_chars": 5_000, "max_epochs": 1}
+DEFAULT_SEEDS = 3
+
+BUILTIN_GRIDS: dict[str, dict] = {
+    "exp5-6": {
+        "description": "Experiment 5: setting A at alpha 0.3, 0.5, 0.7. Experiment 6: setting B at alpha 0.7, "
+                       "compared with A at 0.7. Five seeds (the claims chapter compares them paired). Every "
+                       "run sweeps thresholds (the default fine grid holds the document's 0.5, 0.7, 0.8, 0.9, "
+                       "0.95).",
+        "seeds": 5,
+        "analyse": True,
+        "runs": [{"setting": "A", "alpha": [0.3, 0.5, 0.7]},
+                 {"setting": "B", "alpha": 0.7}],
+    },
+    # The audit of the document (book chapters "Forensics", "Claims" and "Beyond the document").
+    "forensics": {
+        "description": "The document's grid with the original code's sizes and rules (100K train and 10K "
+                       "validation characters, stop at the first worse epoch, sweep the last epoch's weights) "
+                       "on WikiText-2 and on the original code's placeholder text.",
+        "seeds": 5,
+        "analyse": True,
+        "base": {"train_chars": 100_000, "val_chars": 10_000, "sweep_weights": "last",
+                 "corpus": ["wikitext-2", "placeholder"]},
+        "runs": [{"setting": "A", "alpha": [0.3, 0.5, 0.7]},
+                 {"setting": "B", "alpha": 0.7}],
+    },
+    "dense": {
+        "description": "Dense baselines: standard 1-, 2- and 3-layer models trained on the last layer's loss "
+                       "only, same data and rules as the document's runs.",
+        "seeds": 5,
+        "runs": [{"setting": "custom", "alpha": None, "n_layers": n, "weights": {n: 1.0}} for n in (1, 2, 3)],
+    },
+    "alpha": {
+        "description": "alpha from 0.0 to 1.0 in steps of 0.1 for settings A and B (three seeds).",
+        "seeds": 3,
+        "runs": [{"setting": ["A", "B"], "alpha": [round(0.1 * i, 1) for i in range(11)]}],
+    },
+    "regimes": {
+        "description": "The claims' configurations trained well: cosine learning-rate decay over 20 epochs and "
+                       "patience 3, instead of stopping at the first worse epoch with a constant rate.",
+        "seeds": 5,
+        "base": {"lr_schedule": "cosine", "max_epochs": 20, "patience": 3},
+        "runs": [{"setting": "A", "alpha": [0.3, 0.5, 0.7]},
+                 {"setting": "B", "alpha": 0.7}],
+    },
+}
+# The grids the book reads, in the order `--book` runs them. Only the first one's runs get lab
+# notebooks in the book's appendix; the others need their records and analyses.
+BOOK_GRIDS = ("exp5-6", "forensics", "dense", "regimes", "alpha")
+GRID_KEYS = {"description", "seeds", "base", "runs", "analyse"}
+
+
+class GridError(ValueError):
+    """A grid (builtin or file) is malformed or holds an invalid config."""
+
+
+# --- configs -------------------------------------------------------------------------------
+def smoke_config(config: RunConfig) -> RunConfig:
+    """The same config at smoke size."""
+    return config.replace(**SMOKE)
+
+
+# --- grids ---------------------------------------------------------------------------------
+def load_grid(name_or_path: str | Path) -> dict:
+    """A builtin grid by name, or a grid read from a .yaml/.yml/.json file."""
+    if str(name_or_path) in BUILTIN_GRIDS:
+        return BUILTIN_GRIDS[str(name_or_path)]
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise GridError(f"grid {str(name_or_path)!r} is neither a builtin grid ({', '.join(BUILTIN_GRIDS)}) "
+                        "nor an existing .yaml/.json file")
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml"):
+        raise GridError(f"grid file {path} must end in .yaml, .yml or .json")
+    text = path.read_text(encoding="utf-8")
+    try:
+        grid = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise GridError(f"grid file {path} could not be parsed: {exc}") from None
+    return grid
+
+
+def _grid_seeds(value: Any) -> list[int]:
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if is_int(value):
+        if value < 1:
+            raise GridError(f"seeds must be at least 1, got {value}")
+        return list(range(value))
+    if isinstance(value, list) and value and all(is_int(v) and v >= 0 for v in value):
+        if len(set(value)) != len(value):
+            raise GridError(f"seeds list {value} repeats a seed")
+        return list(value)
+    raise GridError(f"seeds must be a count >= 1 or a non-empty list of seeds >= 0, got {value!r}")
+
+
+def _expand_entry(fields: dict[str, Any]) -> list[dict[str, Any]]:
+    """The product of an entry's list values (a list of numbers for sweep_thresholds is one value)."""
+    choices = {}
+    for key, value in fields.items():
+        is_choice = isinstance(value, list)
+        if key == "sweep_thresholds":
+            is_choice = isinstance(value, list) and bool(value) and all(isinstance(v, list) for v in value)
+        if is_choice and not value:
+            raise GridError(f"{key} is an empty list, which expands to no runs")
+        choices[key] = value if is_choice else [value]
+    return [dict(zip(choices, combo)) for combo in itertools.product(*choices.values())]
+
+
+def expand_grid(grid: dict, seeds: int | None = None, smoke: bool = False) -> list[RunConfig]:
+    """Every config of a grid, validated, duplicates dropped, ordered seed by seed.
+
+    `seeds` (a count) overrides the grid's own; `smoke` shrinks every run to the `SMOKE` sizes.
+    Raises GridError naming the first bad entry; nothing is run here.
+    """
+    if not isinstance(grid, dict):
+        raise GridError(f"a grid must be a mapping with a 'runs' list, got {type(grid).__name__}")
+    unknown = sorted(set(grid) - GRID_KEYS)
+    if unknown:
+        raise GridError(f"unknown grid key(s) {unknown}; a grid has {sorted(GRID_KEYS)}")
+    if not isinstance(grid.get("analyse", False), bool):
+        raise GridError(f"grid 'analyse' must be true or false, got {grid['analyse']!r}")
+    seed_list = _grid_seeds(grid.get("seeds", DEFAULT_SEEDS) if seeds is None else seeds)
+    base = grid.get("base") or {}
+    if not isinstance(base, dict):
+        raise GridError(f"grid 'base' must be a mapping of RunConfig fields, got {base!r}")
+    entries = grid.get("runs")
+    if not isinstance(entries, list) or not entries:
+        raise GridError("grid 'runs' must be a non-empty list of entries (mappings of RunConfig fields)")
+
+    per_entry: list[list[dict[str, Any]]] = []
+    for number, entry in enumerate(entries, start=1):
+        where = f"grid entry {number} {entry!r}"
+        if not isinstance(entry, dict):
+            raise GridError(f"{where}: an entry must be a mapping of RunConfig fields")
+        fields = {**base, **entry}
+        if "seed" in fields:
+            raise GridError(f"{where}: 'seed' is set by the grid's 'seeds', not per entry")
+        try:
+            combos = _expand_entry(fields)
+            for combo in combos:  # validate every combination now, before anything runs
+                config = RunConfig.from_dict({**combo, "seed": seed_list[0]})
+                if smoke:
+                    smoke_config(config)
+        except (GridError, ValueError) as exc:
+            raise GridError(f"{where}: {exc}") from None
+        per_entry.append(combos)
+
+    configs: dict[str, RunConfig] = {}
+    for seed in seed_list:
+        for combos in per_entry:
+            for combo in combos:
+                config = RunConfig.from_dict({**combo, "seed": seed})
+                if smoke:
+                    config = smoke_config(config)
+                configs.setdefault(config.run_id, config)
+    return list(configs.values())

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -249,6 +250,23 @@ def load_bench(results: str | Path | None = None) -> dict:
         raise FileNotFoundError(f"no decoding benchmark at {path}: run python benchmarks/bench_decode.py "
                                 f"--json {path}")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def sweep_curve(recs: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per threshold: mean Compute fraction, mean PPL, and the per-seed PPL matrix [seed, threshold]."""
+    thresholds = [row["threshold"] for row in recs[0]["sweep"]]
+    comp = np.array([[sweep_row(r, t)["compute_frac"] for t in thresholds] for r in recs])
+    ppl = np.array([[sweep_row(r, t)["ppl"] for t in thresholds] for r in recs])
+    return comp.mean(axis=0), ppl.mean(axis=0), ppl
+
+
+def ppl_at_compute(record: dict, compute: float) -> float:
+    """A run's PPL at a given Compute fraction, interpolated along its sweep (NaN outside it)."""
+    pts = sorted((row["compute_frac"], row["ppl"]) for row in record["sweep"])
+    xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    if compute < xs[0] - 1e-12 or compute > xs[-1] + 1e-12:
+        return float("nan")
+    return float(np.interp(compute, xs, ys))
 
 
 # --- formatting ----------------------------------------------------------------------------------

@@ -3,26 +3,24 @@
     python book/build.py [--results DIR] [--out DIR] [--lang en ja] [--parallel]
 
 The site lands in OUT/html (default OUT: _build at the repository root): OUT/html/index.html is a
-landing page linking OUT/html/en/ and OUT/html/ja/. Each language is a Jupyter Book built with
-the root _config.yml and _toc.yml plus its overrides from book/languages.yml; the two run one after
+landing page linking OUT/html/en/ and OUT/html/ja/. The English edition is exactly what
+`jupyter-book build book` builds (the root _config.yml and _toc.yml; its pages are book/en/*), with
+warnings as errors; the Japanese edition is book/ja built with book/languages.yml's overrides, into
+OUT/html/ja as a site of its own (Sphinx has one language per project). The two run one after
 the other (--parallel runs them at once; kernels started at the same moment by two processes can
 race for the same TCP port, which once failed a build here). Any Sphinx warning or cell error fails
 the build.
 
 Records come from --results, else $EASE_RESULTS, else results/ at the repository root. Every run
-of the book's grid must have its executed notebook in RESULTS/executed/<run_id>.ipynb: those are
-copied into book/<lang>/appendix/runs/ (git-ignored) and rendered as they are, never re-executed.
-
-Page execution is cached (jupyter-cache). The cache only sees a page's own text, so this script
-hashes everything else a page's output depends on (records, analyses, benchmark results,
-ease/*.py, the published values)
-and starts each language afresh when that hash changes.
+of the book's grid must have its executed notebook in RESULTS/executed/<run_id>.ipynb (the pipeline
+writes them). The ease_book extension (book/_ext/ease_book.py) copies them into the appendix and
+clears the execution cache when the pages' inputs change, for this script and `jupyter-book build
+book` alike.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import os
 import re
@@ -34,10 +32,11 @@ from pathlib import Path
 
 import yaml
 
+from ease.results import executed_path
+
 BOOK = Path(__file__).resolve().parent
 ROOT = BOOK.parent
 LANGS = ("en", "ja")
-NOTEBOOK_DIR = Path("appendix") / "runs"  # inside each language's source folder
 
 
 def fail(message: str) -> None:
@@ -55,79 +54,42 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def language_config(lang: str, work: Path) -> Path:
-    """The root _config.yml with the language's overrides, written where the builder reads it."""
+def language_config(lang: str, work: Path) -> tuple[Path, Path]:
+    """The edition's Jupyter Book config and table of contents, written where the builder reads them.
+
+    English: the root _config.yml and _toc.yml as they are (what `jupyter-book build book` reads).
+    Japanese: the root config with book/languages.yml's overrides, and the toc with `en/` dropped.
+    """
     root = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
-    overrides = yaml.safe_load((BOOK / "languages.yml").read_text(encoding="utf-8"))
-    if lang not in overrides:
-        fail(f"book/languages.yml has no section for language {lang!r}")
-    config = deep_merge(root, overrides[lang])
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    if lang != "en":
+        overrides = yaml.safe_load((BOOK / "languages.yml").read_text(encoding="utf-8"))
+        if lang not in overrides:
+            fail(f"book/languages.yml has no section for language {lang!r}")
+        root = deep_merge(root, overrides[lang])
+        toc = json.loads(json.dumps(toc).replace('"en/', '"'))
     # local extension paths are relative to the root config; the merged file lives elsewhere
-    local = config.get("sphinx", {}).get("local_extensions") or {}
-    config["sphinx"]["local_extensions"] = {name: str((ROOT / path).resolve()) for name, path in local.items()}
-    config["execute"]["cache"] = str(work / ".jupyter_cache")
-    path = work / "_config.yml"
-    text = yaml.safe_dump(config, allow_unicode=True, sort_keys=False)
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
-        path.write_text(text, encoding="utf-8")
-    return path
-
-
-def inputs_hash(results: Path) -> str:
-    """What page outputs depend on besides the pages' own text."""
-    digest = hashlib.sha256()
-    files = sorted((results / "runs").glob("*.json")) + sorted((results / "analysis").glob("*.json")) + \
-        sorted((results / "bench").glob("*.json")) + sorted((ROOT / "ease").glob("*.py")) + \
-        [BOOK / "data" / "published.yaml"]
-    for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def copy_notebooks(results: Path, run_ids: list[str], langs: list[str]) -> None:
-    """Put each run's executed notebook into every language's appendix; drop stale ones."""
-    from ease.pipeline import executed_path
-
-    missing = [rid for rid in run_ids if not executed_path(results, rid).is_file()]
-    if missing:
-        fail(f"{len(missing)} run(s) of the book's grid have no executed notebook in {results / 'executed'}: "
-             f"{', '.join(missing)}. The pipeline writes one per run it executes: python -m ease.pipeline "
-             f"--results {results} (it skips runs that already have a record, so delete those records first).")
-    for lang in langs:
-        target = BOOK / lang / NOTEBOOK_DIR
-        target.mkdir(parents=True, exist_ok=True)
-        for stale in set(target.glob("*.ipynb")) - {target / f"{rid}.ipynb" for rid in run_ids}:
-            stale.unlink()
-        for rid in run_ids:
-            nb = json.loads(executed_path(results, rid).read_text(encoding="utf-8"))
-            # progress bars and warnings on stderr are part of a run's log: show them, never fail on them
-            nb.setdefault("metadata", {}).setdefault("mystnb", {})["output_stderr"] = "show"
-            retitle(nb, rid)
-            text = json.dumps(nb, ensure_ascii=False, indent=1) + "\n"
-            dest = target / f"{rid}.ipynb"
-            if not dest.exists() or dest.read_text(encoding="utf-8") != text:  # unchanged: keep Sphinx's cache
-                dest.write_text(text, encoding="utf-8")
-
-
-def retitle(nb: dict, run_id: str) -> None:
-    """Title the page by its run id (every run notebook has the same title); keep the old one below."""
-    first = next((c for c in nb.get("cells", []) if c.get("cell_type") == "markdown"), None)
-    source = "".join(first["source"]) if first else ""
-    if source.startswith("# "):
-        title, _, rest = source.partition("\n")
-        first["source"] = f"# {run_id}\n\n**{title[2:].strip()}**\n{rest}"
-    else:
-        nb.setdefault("cells", []).insert(0, {"cell_type": "markdown", "id": "book-title", "metadata": {},
-                                           "source": f"# {run_id}\n"})
+    local = root.get("sphinx", {}).get("local_extensions") or {}
+    root["sphinx"]["local_extensions"] = {name: str((ROOT / path).resolve()) for name, path in local.items()}
+    root["execute"]["cache"] = str(work / ".jupyter_cache")
+    paths = []
+    for name, data in (("_config.yml", root), ("_toc.yml", toc)):
+        path = work / name
+        text = yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+        paths.append(path)
+    return paths[0], paths[1]
 
 
 def build_language(lang: str, work: Path) -> int:
     """One Sphinx build (run in its own process: docutils patching is not thread-safe)."""
     from jupyter_book.sphinx import build_sphinx
 
-    config = language_config(lang, work)
-    status = build_sphinx(BOOK / lang, work / "html", path_config=str(config), noconfig=True,
-                          confoverrides={"external_toc_path": str(ROOT / "_toc.yml"), "nitpicky": True,
+    config, toc = language_config(lang, work)
+    source = BOOK if lang == "en" else BOOK / lang  # see _toc.yml: the English pages are book/en/*
+    status = build_sphinx(source, work / "html", path_config=str(config), noconfig=True,
+                          confoverrides={"external_toc_path": str(toc), "nitpicky": True,
                                          "latex_individualpages": False},
                           builder="html", warningiserror=True, keep_going=True, quiet=False)
     return status if isinstance(status, int) else 1
@@ -187,10 +149,17 @@ def publish(langs: list[str], out: Path) -> Path:
     site = out / "html"
     site.mkdir(parents=True, exist_ok=True)
     for lang in langs:
-        dest = site / lang
-        if dest.exists():
+        # English: its site root holds en/<page>.html (as `jupyter-book build book` writes it);
+        # Japanese: a site of its own, put in ja/
+        dest = site if lang == "en" else site / lang
+        if lang == "en":
+            for old in [p for p in site.iterdir() if p.name not in LANGS]:
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+            shutil.rmtree(site / "en", ignore_errors=True)
+        elif dest.exists():
             shutil.rmtree(dest)
-        shutil.copytree(out / "lang" / lang / "html", dest, ignore=shutil.ignore_patterns(".buildinfo"))
+        shutil.copytree(out / "lang" / lang / "html", dest, ignore=shutil.ignore_patterns(".buildinfo"),
+                        dirs_exist_ok=True)
     shutil.copyfile(BOOK / "landing.html", site / "index.html")
     (site / ".nojekyll").write_text("")  # GitHub Pages: serve _static/, _images/ as they are
     return site
@@ -210,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         return build_language(args.worker, out / "lang" / args.worker)
 
     results = Path(args.results or os.environ.get("EASE_RESULTS") or ROOT / "results").resolve()
-    os.environ["EASE_RESULTS"] = str(results)  # the pages' kernels read the records from here
-    from ease.report import book_grid, cjk_font
+    os.environ["EASE_RESULTS"] = str(results)  # the pages' kernels and the ease_book extension read it
+    from companion.core import book_grid, cjk_font
 
     start = time.perf_counter()
     try:
@@ -220,23 +189,14 @@ def main(argv: list[str] | None = None) -> int:
             cjk_font()  # fail now, with its clear message, rather than inside a page
     except (FileNotFoundError, LookupError, RuntimeError, ValueError) as exc:
         fail(str(exc))
-    run_ids = [r["run_id"] for r in grid.records()]
-    print(f"book: {len(run_ids)} runs from {results}")
-    copy_notebooks(results, run_ids, args.lang)
-
-    digest = inputs_hash(results)
+    missing = [r["run_id"] for r in grid.records() if not executed_path(results, r["run_id"]).is_file()]
+    if missing:
+        fail(f"{len(missing)} run(s) of the book's grid have no lab notebook in {results / 'executed'}: "
+             f"{', '.join(missing)}. The pipeline renders them from the records: python -m ease.pipeline "
+             f"--book --results {results}")
+    print(f"book: {len(grid.records())} runs from {results}")
     for lang in args.lang:
-        work = out / "lang" / lang
-        stamp = work / "inputs.sha256"
-        # The stamp names the inputs that the cached outputs were made from; none known: start afresh.
-        if not stamp.exists() or stamp.read_text() != digest:
-            if stamp.exists():
-                print(f"[{lang}] records, ease code or published values changed: re-executing every page")
-            for stale in (work / ".jupyter_cache", work / ".doctrees", work / "html", work / "jupyter_execute"):
-                shutil.rmtree(stale, ignore_errors=True)
-        work.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(digest)
-        language_config(lang, work)
+        (out / "lang" / lang).mkdir(parents=True, exist_ok=True)
     run_builds(args.lang, out, serial=not args.parallel)
     site = publish(args.lang, out)
     print(f"book: built in {time.perf_counter() - start:.0f} s; open {site / 'index.html'}")

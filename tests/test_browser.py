@@ -5,6 +5,7 @@ Screenshots are kept next to the built site (OUT/screenshots/) for a person to l
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -66,3 +67,48 @@ def test_landing_page_dom_links_both_languages(built_book: Path):
     dom = chromium("--dump-dom", (built_book / "index.html").resolve().as_uri()).stdout
     assert 'href="en/index.html"' in dom and 'href="ja/index.html"' in dom
     assert "日本語" in dom
+
+
+# Checks, in the page as the browser laid it out, that no table runs past the text column: a table
+# either fits, or sits in a box that scrolls sideways and itself fits. Its verdict is written into the
+# DOM, which --dump-dom returns.
+_TABLE_CHECK = """
+<script>
+(() => {  // at the end of <body>: styles applied; no wait for network fonts or scripts
+  const column = (document.querySelector('article') || document.body).getBoundingClientRect();
+  const bad = [];
+  document.querySelectorAll('article table').forEach((table, i) => {
+    const right = table.getBoundingClientRect().right;
+    if (right <= column.right + 1) return;
+    let box = table.parentElement;
+    while (box && !['auto', 'scroll'].includes(getComputedStyle(box).overflowX)) box = box.parentElement;
+    if (!box || box.getBoundingClientRect().right > column.right + 1) bad.push(i + ':' + Math.round(right - column.right));
+  });
+  const out = document.createElement('pre');
+  out.id = 'ease-table-check';
+  out.textContent = 'tables=' + document.querySelectorAll('article table').length + ' overflow=' + bad.join(',');
+  document.body.appendChild(out);
+})();
+</script>
+"""
+WIDE_PAGES = ["en/beyond.html", "en/claims.html", "en/forensics.html", "ja/beyond.html", "ja/claims.html",
+              "ja/forensics.html", "ja/setup.html", "en/real_exit.html"]
+
+
+@pytest.mark.parametrize("page", WIDE_PAGES)
+def test_wide_tables_stay_inside_the_column(built_book: Path, page: str):
+    source = built_book / page
+    probe = source.with_name(f"_probe_{source.name}")  # beside the page, so its relative links still work
+    html = source.read_text(encoding="utf-8")
+    probe.write_text(html.replace("</body>", _TABLE_CHECK + "</body>"), encoding="utf-8")
+    try:
+        proc = subprocess.run([CHROMIUM, *[f for f in FLAGS if not f.startswith("--window-size")],
+                               "--window-size=1300,1000", f"--user-data-dir={tempfile.mkdtemp()}",
+                               "--virtual-time-budget=5000", "--dump-dom", probe.resolve().as_uri()],
+                              capture_output=True, text=True, timeout=TIMEOUT_S)
+    finally:
+        probe.unlink()
+    found = re.search(r'id="ease-table-check"[^>]*>tables=(\d+) overflow=([^<]*)<', proc.stdout)
+    assert found, f"the table check did not run in {page}: {proc.stderr[-1000:]}"
+    assert int(found.group(1)) > 0, f"{page} has no table to check"
+    assert found.group(2) == "", f"{page}: tables (index:pixels past the column) overflow: {found.group(2)}"

@@ -63,8 +63,8 @@ def labels(lang: str) -> dict:
 
 # --- inputs --------------------------------------------------------------------------------------
 def results_dir() -> Path:
-    """The results folder the book reads: $EASE_RESULTS, else ./results (book/build.py always sets it)."""
-    return Path(os.environ.get(RESULTS_ENV) or "results")
+    """The results folder the book reads: $EASE_RESULTS, else the repository's results/."""
+    return Path(os.environ.get(RESULTS_ENV) or BOOK_DIR.parent / "results")
 
 
 def load_published(path: str | Path = PUBLISHED_PATH) -> dict:
@@ -370,6 +370,18 @@ def figure_style(lang: str):
 def finish(fig):
     fig.canvas.draw()  # render now, inside figure_style, so a missing glyph raises here
     return fig
+
+
+def plain_log_scale(ax, which: str = "y") -> None:
+    """A log scale on one axis labelled with plain numbers at 1, 2, 3, 5, 7 × 10ᵏ (7, 10, 20, 30),
+    never "9 × 10⁰"; unlabelled minor ticks."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    axis.set_major_locator(LogLocator(base=10, subs=(1, 2, 3, 5, 7)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 PALETTE = {("A", 0.3): "#9ecae1", ("A", 0.5): "#4292c6", ("A", 0.7): "#08519c", ("B", 0.7): "#d94801"}

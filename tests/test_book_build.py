@@ -50,7 +50,7 @@ def tiny_book(root: Path, code: str) -> Path:
     config = yaml.safe_load((REPO / "_config.yml").read_text(encoding="utf-8"))
     config["sphinx"]["local_extensions"] = {"ease_book": str(REPO / "book" / "_ext")}
     config["sphinx"]["config"]["ease_book_lab_notebooks"] = False
-    config["bibtex_bibfiles"] = []
+    config["bibtex_bibfiles"] = [str(REPO / "book" / "references.bib")]
     config["sphinx"]["config"].update(templates_path=[str(REPO / "book" / "_templates")],
                                       html_static_path=[str(REPO / "book" / "_static")])
     (root / "_config.yml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")

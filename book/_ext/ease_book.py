@@ -114,8 +114,9 @@ def _prepare(app, config) -> None:
     stamp = Path(app.doctreedir).parent / f"ease-inputs-{config.language}.sha256"
     app.ease_inputs_changed = not stamp.is_file() or stamp.read_text() != digest
     if app.ease_inputs_changed:
-        cache = getattr(config, "nb_execution_cache_path", "") or ""
-        if cache and Path(cache).exists():
+        # myst-nb's cache: the configured folder, else .jupyter_cache beside the output folder
+        cache = getattr(config, "nb_execution_cache_path", "") or Path(app.outdir).parent / ".jupyter_cache"
+        if Path(cache).exists():
             logger.info(f"ease_book: records or code changed since the last build; clearing {cache}")
             shutil.rmtree(cache)
         stamp.parent.mkdir(parents=True, exist_ok=True)

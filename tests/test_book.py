@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -19,7 +20,9 @@ import yaml
 from bs4 import BeautifulSoup
 from scipy import stats
 
-from ease import RunConfig, report
+from companion import core
+from ease import RunConfig
+from ease.stats import mean_ci
 
 REPO = Path(__file__).resolve().parents[1]
 LANGS = ("en", "ja")
@@ -33,7 +36,7 @@ BAD_CELLS = {"", "nan", "none", "inf", "-inf", "null"}
 
 
 def toc_pages() -> list[str]:
-    """Page names listed in the root _toc.yml (globs excluded)."""
+    """Page names listed in the root _toc.yml (globs excluded), without the English folder."""
     toc = yaml.safe_load((REPO / "_toc.yml").read_text(encoding="utf-8"))
     pages = [toc["root"]]
 
@@ -44,7 +47,8 @@ def toc_pages() -> list[str]:
             walk(entry.get("sections"))
 
     walk(toc.get("chapters"))
-    return pages
+    assert all(p.startswith("en/") for p in pages), "the toc names the English pages, book/en/*"
+    return [p[len("en/"):] for p in pages]
 
 
 def soup(path: Path) -> BeautifulSoup:
@@ -227,34 +231,17 @@ def _build_module():
     return module
 
 
-def test_inputs_hash_changes_with_records_and_published_values(tmp_path: Path, monkeypatch):
-    build = _build_module()
-    (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "r.json").write_text('{"metrics": {"ppl": 1.0}}')
-    first = build.inputs_hash(tmp_path)
-    assert build.inputs_hash(tmp_path) == first
-    (tmp_path / "runs" / "r.json").write_text('{"metrics": {"ppl": 2.0}}')
-    second = build.inputs_hash(tmp_path)
-    assert second != first
-    fake_book = tmp_path / "book"
-    (fake_book / "data").mkdir(parents=True)
-    (fake_book / "data" / "published.yaml").write_text("a: 1\n")
-    monkeypatch.setattr(build, "BOOK", fake_book)
-    third = build.inputs_hash(tmp_path)
-    (fake_book / "data" / "published.yaml").write_text("a: 2\n")
-    assert build.inputs_hash(tmp_path) != third
-
-
 def test_missing_executed_notebook_fails_clearly(tmp_path: Path, capsys):
     build = _build_module()
-    (tmp_path / "executed").mkdir()
+    shutil.copytree(REPO / "results" / "runs", tmp_path / "runs", ignore=shutil.ignore_patterns("*.pt"))
     with pytest.raises(SystemExit):
-        build.copy_notebooks(tmp_path, ["A-a0.7-L3-s0-0123456789"], [])
+        build.main(["--results", str(tmp_path), "--out", str(tmp_path / "_build")])
     err = capsys.readouterr().err
-    assert "A-a0.7-L3-s0-0123456789" in err and "executed notebook" in err
+    assert "have no lab notebook" in err and "python -m ease.pipeline" in err
+    assert re.search(r"A-a0\.7-\S+", err), err  # names the runs
 
 
-# --- ease.report ---------------------------------------------------------------------------------
+# --- companion.core ---------------------------------------------------------------------------------
 def _record(setting: str, alpha: float, seed: int, ppl: float, **changes) -> dict:
     config = RunConfig(setting=setting, alpha=alpha, seed=seed, **changes)
     sweep = [{"threshold": t, "ppl": ppl + t, "shallow_frac": 1 - t, "compute_frac": 1 - 2 * (1 - t) / 3}
@@ -277,7 +264,7 @@ def test_select_grid_prefers_the_reference_configuration():
     records = [_record(s, a, k, 10.0 + k) for s, a in CELLS for k in (0, 1)]
     records += [_record(s, a, k, 50.0, **small) for s, a in CELLS for k in (0, 1, 2)]
     records.append(_record("A", 0.9, 0, 1.0))  # not a cell of the grid
-    grid = report.select_grid(records, REFERENCES)
+    grid = core.select_grid(records, REFERENCES)
     assert grid.deviations == {}
     assert grid.cells == CELLS
     assert all(len(grid.cell(s, a)) == 2 for s, a in CELLS)
@@ -288,7 +275,7 @@ def test_select_grid_falls_back_to_one_complete_configuration_and_names_differen
     small = dict(train_chars=20_000, val_chars=5_000, max_epochs=2)
     records = [_record(s, a, 0, 5.0, **small) for s, a in CELLS]
     records.append(_record("A", 0.3, 0, 9.0))  # reference size, but only one cell: incomplete
-    grid = report.select_grid(records, REFERENCES)
+    grid = core.select_grid(records, REFERENCES)
     assert set(grid.deviations) == {"train_chars", "val_chars", "max_epochs"}
     assert grid.deviations["train_chars"] == (20_000, 200_000)
     assert grid.values("A", 0.3, "ppl") == [5.0]
@@ -296,33 +283,33 @@ def test_select_grid_falls_back_to_one_complete_configuration_and_names_differen
 
 def test_select_grid_errors_name_what_is_missing_or_ambiguous():
     with pytest.raises(LookupError, match="no complete set"):
-        report.select_grid([_record("A", 0.3, 0, 5.0)], REFERENCES)
+        core.select_grid([_record("A", 0.3, 0, 5.0)], REFERENCES)
     two = [_record(s, a, 0, 5.0, max_epochs=2) for s, a in CELLS] + \
           [_record(s, a, 0, 5.0, max_epochs=3) for s, a in CELLS]
     with pytest.raises(LookupError, match="max_epochs"):
-        report.select_grid(two, REFERENCES)
+        core.select_grid(two, REFERENCES)
 
 
 def test_mean_ci_is_the_student_t_interval():
     values = [10.0, 12.0, 11.0, 15.0]
-    stat = report.mean_ci(values)
+    stat = mean_ci(values)
     half = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
     assert stat.mean == pytest.approx(np.mean(values))
     assert (stat.lo, stat.hi) == pytest.approx(half)
-    single = report.mean_ci([3.0])
-    assert single.half is None and report.fmt_stat(single, "ppl") == "3.00"
-    assert report.fmt_stat(report.mean_ci([0.5, 0.7]), "shallow_frac").endswith("%")
+    single = mean_ci([3.0])
+    assert single.half is None and core.fmt_stat(single, "ppl") == "3.00"
+    assert core.fmt_stat(mean_ci([0.5, 0.7]), "shallow_frac").endswith("%")
     with pytest.raises(ValueError, match="non-finite"):
-        report.mean_ci([1.0, float("nan")])
+        mean_ci([1.0, float("nan")])
 
 
 def test_markdown_table_rejects_empty_cells():
     import pandas as pd
 
     with pytest.raises(ValueError, match="empty"):
-        report.markdown_table(pd.DataFrame({"a": ["1", ""]}))
+        core.markdown_table(pd.DataFrame({"a": ["1", ""]}))
     with pytest.raises(ValueError, match="empty or non-text"):
-        report.markdown_table(pd.DataFrame({"a": [float("nan")]}))
+        core.markdown_table(pd.DataFrame({"a": [float("nan")]}))
 
 
 def test_facts_follow_the_data_not_the_document():
@@ -330,7 +317,7 @@ def test_facts_follow_the_data_not_the_document():
     published = report.load_published()
     for better, (pa, pb) in (("A", (5.0, 9.0)), ("B", (9.0, 5.0))):
         records = [_record(s, a, k, (pa if s == "A" else pb) + 0.1 * k) for s, a in CELLS for k in range(3)]
-        grid = report.select_grid(records, REFERENCES)
+        grid = core.select_grid(records, REFERENCES)
         for lang in ("en", "ja"):
             f = report.facts(grid, published, lang)
             assert f["exp6_better"] == report._setting_name(better, lang)
@@ -346,7 +333,7 @@ def test_cjk_font_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(font_manager.fontManager, "ttflist", [])
     monkeypatch.setattr(font_manager, "findSystemFonts", lambda *a, **k: [])
     with pytest.raises(RuntimeError, match="fonts-noto-cjk"):
-        report.cjk_font()
+        core.cjk_font()
 
 
 def test_japanese_figure_draws_without_missing_glyphs():

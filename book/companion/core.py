@@ -296,8 +296,14 @@ def fmt_published(row: dict, metric: str) -> str:
     return f"{value:.{DIGITS[metric]}f}" + ("%" if PERCENT[metric] else "")
 
 
+# A cell that reads as a number (with its interval, unit or sign); other cells are text.
+_NUMERIC_CELL = re.compile(r"^[\s\d.,:%+\-−±×/\[\]()—–]*(pp|pt|×|%|s)?[\s\d.,%+\-−±\[\]()]*$")
+
+
 def markdown_table(df: pd.DataFrame) -> str:
-    """A pipe table (MyST renders it as a real table); every cell must be a non-empty string."""
+    """A pipe table (MyST renders it as a real table); every cell must be a non-empty string.
+
+    The first column and every column holding text are left-aligned, columns of numbers right-aligned."""
     for col in df.columns:
         for value in df[col]:
             if not isinstance(value, str) or not value.strip() or value.strip().lower() == "nan":
@@ -307,7 +313,8 @@ def markdown_table(df: pd.DataFrame) -> str:
         return str(s).replace("|", "\\|")
 
     lines = ["| " + " | ".join(esc(c) for c in df.columns) + " |",
-             "|" + "|".join(":---" if i == 0 else "---:" for i in range(len(df.columns))) + "|"]
+             "|" + "|".join(":---" if i == 0 or not all(_NUMERIC_CELL.match(str(v)) for v in df[c]) else "---:"
+                            for i, c in enumerate(df.columns)) + "|"]
     lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
 

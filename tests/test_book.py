@@ -312,19 +312,18 @@ def test_markdown_table_rejects_empty_cells():
         core.markdown_table(pd.DataFrame({"a": [float("nan")]}))
 
 
-def test_facts_follow_the_data_not_the_document():
-    """Swap which setting is better in the records: the glued statements must swap too."""
-    published = report.load_published()
+def test_exp6_verdict_follows_the_data_not_the_document():
+    """Swap which setting is better in the records: the paired verdict must swap too."""
+    from companion import experiments, judge
+    from ease.stats import NOT_REPRODUCED, REPRODUCED
+
+    published = core.load_published()
+    assert published["exp6_settings"]["claim_better_ppl"] == "A"
     for better, (pa, pb) in (("A", (5.0, 9.0)), ("B", (9.0, 5.0))):
         records = [_record(s, a, k, (pa if s == "A" else pb) + 0.1 * k) for s, a in CELLS for k in range(3)]
-        grid = core.select_grid(records, REFERENCES)
-        for lang in ("en", "ja"):
-            f = report.facts(grid, published, lang)
-            assert f["exp6_better"] == report._setting_name(better, lang)
-            assert all(isinstance(v, str) and v.strip() for v in f.values())
-        f = report.facts(grid, published, "en")
-        assert f["exp6_agrees"] == ("the same ordering as the document" if better == "A"
-                                    else "the opposite of the document's ordering")
+        r = experiments.settings_results(core.select_grid(records, REFERENCES), published)
+        assert r.ppl_comparison.verdict == (REPRODUCED if better == "A" else NOT_REPRODUCED)
+        assert judge.verdict_word(r.ppl_comparison.verdict, "en").strip("*") in ("reproduced", "not reproduced")
 
 
 def test_cjk_font_missing_is_a_clear_error(monkeypatch):
@@ -340,5 +339,7 @@ def test_japanese_figure_draws_without_missing_glyphs():
     import matplotlib
 
     matplotlib.use("Agg")
-    fig = report.fig_architecture("ja")  # raises if a glyph is missing from the chosen font
+    from companion.architecture import fig_architecture
+
+    fig = fig_architecture("ja")  # raises if a glyph is missing from the chosen font
     assert any(CJK.search(t.get_text()) for ax in fig.axes for t in ax.texts)

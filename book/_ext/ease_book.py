@@ -10,8 +10,9 @@
 3. Every page links to the same page in the other edition. The English pages are book/en/P (page name
    en/P) built into html/en/P.html, the Japanese edition into html/ja/P.html, so the counterpart is a
    plain relative link that works on a web server and from file:// alike.
-4. In Japanese pages, a line break inside a paragraph between two Japanese characters is dropped
-   instead of becoming a space (Japanese puts no spaces between words; the sources wrap lines).
+4. In Japanese pages, a line break inside a paragraph next to a Japanese character is dropped
+   instead of becoming a space (Japanese puts no spaces between words, nor between Japanese and
+   Latin text or numbers: book/ja/STYLE.md; the sources wrap lines).
 
 Records come from $EASE_RESULTS, else the repository's results/.
 """
@@ -137,7 +138,6 @@ def _say_where_other_edition_is(app, exception) -> None:
                         f"built beside it, in {site}/ja, by `make book` (or python book/build.py).")
 
 _CJK = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]")
-_CJK_PUNCT = re.compile(r"[\u3000-\u303f\uff00-\uffef]")  # 、。「」（）： and other full-width forms
 _BREAK = re.compile(r"[ \t]*\n[ \t]*")
 _SKIP = (nodes.literal_block, nodes.literal, nodes.raw, nodes.math, nodes.math_block, nodes.comment)
 _BLOCKS = (nodes.paragraph, nodes.caption, nodes.term, nodes.title, nodes.line)
@@ -174,12 +174,10 @@ def _join_japanese_lines(app, doctree) -> None:
                      after_node: str = after_node) -> str:
                 before = value[m.start() - 1] if m.start() else before_node
                 after = value[m.end()] if m.end() < len(value) else after_node
-                # join Japanese to Japanese and drop breaks at full-width punctuation; keep the
-                # space between other Japanese text and a Latin word or number
-                if _CJK_PUNCT.match(before or " ") or _CJK_PUNCT.match(after or " "):
-                    return ""
-                cjk_before, cjk_after = bool(_CJK.match(before or " ")), bool(_CJK.match(after or " "))
-                if (cjk_before and (cjk_after or not after)) or (cjk_after and not before):
+                # book/ja/STYLE.md: no space between Japanese and anything else, so a break next
+                # to a Japanese character (or full-width punctuation) is dropped; between two
+                # Latin words it stays a space
+                if _CJK.match(before or " ") or _CJK.match(after or " ") or not before or not after:
                     return ""
                 return " "
 

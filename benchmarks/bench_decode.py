@@ -23,17 +23,15 @@ import math
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-from ease import RunConfig, load_checkpoint, run
+from ease import RunConfig, run
 from ease.config import DOC_THRESHOLDS
-from ease.data import load_corpus
 from ease.decode import compute_fracs, generate
 from ease.exits import layer_compute_frac
-from ease.results import checkpoint_path, write_json
-from ease.train import pick_device
+from ease.results import bench_dir, checkpoint_path, write_json
+from ease.train import load_trained, pick_device
 
 # Both models live in RESULTS/bench (records and checkpoints), apart from the book's canonical runs,
 # which the benchmark must never rewrite (checkpoints are not committed, so it may have to retrain).
@@ -75,15 +73,12 @@ def sync(device: torch.device) -> None:
 
 
 def bench_model(name, args, device) -> list[dict]:
-    config, results_dir = MODELS[name], Path(args.results) / "bench"
+    config, results_dir = MODELS[name], bench_dir(args.results)
     # trains if the record or the checkpoint is missing (checkpoints are not committed; same seed, same weights)
     missing = not checkpoint_path(results_dir, config.run_id).exists()
     record = run(config, results_dir, num_threads=args.threads, retrain=missing)
-    model, vocab = load_checkpoint(results_dir, config)
+    model, corpus = load_trained(results_dir, config)
     model = model.to(device)
-    corpus = load_corpus(config.corpus, config.train_chars, config.val_chars, config.vocab_from)
-    if corpus.vocab != vocab:
-        raise RuntimeError(f"the corpus vocabulary differs from the checkpoint's of {config.run_id}")
     e, L = config.exit_layer, config.n_layers
     rows = []
     for batch in args.batches:

@@ -1,7 +1,7 @@
 """EASE Companion: asymmetric auxiliary losses for early-exit transformers, reproducibly.
 
 Public surface: `RunConfig`, `run`, `load_results` (plus the modules data, model, losses,
-exits, train, results, pipeline, report for finer use).
+exits, train, results, grid, pipeline, analysis, decode and stats for finer use).
 """
 from ease.config import DOC_THRESHOLDS, FINE_THRESHOLDS, RunConfig
 from ease.results import load_histories, load_results, load_sweeps

@@ -1,4 +1,5 @@
-"""Analyses of a finished run's checkpoint, kept beside its record in <results>/analysis/.
+"""Analyses of a finished run's checkpoint, kept apart from its record
+(where ease.results.analysis_path says).
 
 The record holds what training produced; this file holds what is computed afterwards from the
 trained weights on the same validation text, in one place so that adding an analysis never
@@ -22,10 +23,10 @@ from pathlib import Path
 import torch
 
 from ease.config import DOC_THRESHOLDS, RunConfig
-from ease.data import load_corpus, make_batches
+from ease.data import make_batches
 from ease.exits import MEASURES, collect_exit_measures, collect_token_stats, matched_ppl, oracle_ppl, sweep
 from ease.results import analysis_path, checkpoint_path, read_record, write_json
-from ease.train import environment, load_checkpoint, pick_device
+from ease.train import environment, load_trained, pick_device
 
 ANALYSIS_VERSION = 1
 SHALLOW_FRACTIONS = tuple(round(i * 0.025, 3) for i in range(41))
@@ -51,12 +52,8 @@ def analyse(config: RunConfig, results_dir: str | Path, device: str = "cpu") -> 
 
     torch.set_num_threads(1)  # as training: sums can depend on the thread count
     dev = pick_device(device)
-    model, vocab = load_checkpoint(results_dir, config)
-    model = model.to(dev)
-    corpus = load_corpus(config.corpus, config.train_chars, config.val_chars, config.vocab_from)
-    if corpus.vocab != vocab:
-        raise ValueError(f"the corpus gives a different vocabulary than the checkpoint of {config.run_id}; "
-                         "the data changed: rebuild the run")
+    model, corpus = load_trained(results_dir, config)
+    model, vocab = model.to(dev), corpus.vocab
     val_x, val_y = make_batches(corpus.val_ids, config.seq_len, config.batch_size)
     out = {"run_id": config.run_id, "analysis_version": ANALYSIS_VERSION, "vocab_size": len(vocab),
            "eval_tokens": int(val_y.numel())}
@@ -89,9 +86,9 @@ def ensure_analysis(config: RunConfig, results_dir: str | Path, device: str = "c
         return found
     if not checkpoint_path(results_dir, config.run_id).exists():
         raise FileNotFoundError(
-            f"run {config.run_id} has no current analysis in {Path(results_dir) / 'analysis'} and no checkpoint to "
-            "compute one from (checkpoints are not committed). Re-run it: python -m ease.pipeline with its grid "
-            "after deleting its record, or `make reproduce` for all runs")
+            f"run {config.run_id} has no current analysis ({analysis_path(results_dir, config.run_id)}) and no "
+            "checkpoint to compute one from (checkpoints are not committed). Re-run it: python -m ease.pipeline "
+            "with its grid after deleting its record, or `make reproduce` for all runs")
     data = analyse(config, results_dir, device)
     write_json(analysis_path(results_dir, config.run_id), data)
     return data

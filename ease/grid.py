@@ -1,13 +1,14 @@
 """Grids: named sets of run configs (builtin, or read from a YAML/JSON file), expanded and validated.
 
-``--grid`` takes builtin names or YAML/JSON files, run one after the other. Builtin grids:
-``exp5-6`` (the default: the document's Experiments 5 and 6, five seeds), ``forensics`` (the
-document's grid at the original code's sizes and rules, on WikiText-2 and on the original's
-placeholder text), ``dense`` (1-, 2- and 3-layer models with the last layer's loss only),
-``regimes`` (the document's configurations trained with cosine decay and patience) and
-``alpha`` (α from 0 to 1 by 0.1 for A and B). ``--book`` runs every grid the book reads; only
-``exp5-6``'s runs get lab notebooks there (the others need records and analyses). A grid file
-looks like ``examples/grid.yaml``::
+``--grid`` takes builtin grid names or YAML/JSON files, run one after the other. The builtin grids
+are the YAML files of the repository's ``grids/`` folder, installed with the package as
+``ease.grids`` (so a name works after ``pip install .`` from any folder); ``--grid exp5-6`` and
+``--grid grids/exp5-6.yaml`` are the same grid. They are ``exp5-6`` (the default: the document's
+Experiments 5 and 6, five seeds), ``forensics`` (the document's grid at the original code's sizes
+and rules, on WikiText-2 and on the original's placeholder text), ``dense`` (1-, 2- and 3-layer
+models with the last layer's loss only), ``regimes`` (the document's configurations trained with
+cosine decay and patience) and ``alpha`` (α from 0 to 1 by 0.1 for A and B). ``BOOK_GRIDS`` lists
+the ones the book reads. A grid file looks like ``examples/grid.yaml``::
 
     description: any text            # optional
     seeds: 3                         # optional: seeds 0..N-1, or an explicit list [0, 4]; default 3
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -43,49 +45,8 @@ from ease.config import RunConfig
 SMOKE = {"train_chars": 20_000, "val_chars": 5_000, "max_epochs": 1}
 DEFAULT_SEEDS = 3
 
-BUILTIN_GRIDS: dict[str, dict] = {
-    "exp5-6": {
-        "description": "Experiment 5: setting A at alpha 0.3, 0.5, 0.7. Experiment 6: setting B at alpha 0.7, "
-                       "compared with A at 0.7. Five seeds (the claims chapter compares them paired). Every "
-                       "run sweeps thresholds (the default fine grid holds the document's 0.5, 0.7, 0.8, 0.9, "
-                       "0.95).",
-        "seeds": 5,
-        "analyse": True,
-        "runs": [{"setting": "A", "alpha": [0.3, 0.5, 0.7]},
-                 {"setting": "B", "alpha": 0.7}],
-    },
-    # The audit of the document (book chapters "Forensics", "Claims" and "Beyond the document").
-    "forensics": {
-        "description": "The document's grid with the original code's sizes and rules (100K train and 10K "
-                       "validation characters, stop at the first worse epoch, sweep the last epoch's weights) "
-                       "on WikiText-2 and on the original code's placeholder text.",
-        "seeds": 5,
-        "analyse": True,
-        "base": {"train_chars": 100_000, "val_chars": 10_000, "sweep_weights": "last",
-                 "corpus": ["wikitext-2", "placeholder"]},
-        "runs": [{"setting": "A", "alpha": [0.3, 0.5, 0.7]},
-                 {"setting": "B", "alpha": 0.7}],
-    },
-    "dense": {
-        "description": "Dense baselines: standard 1-, 2- and 3-layer models trained on the last layer's loss "
-                       "only, same data and rules as the document's runs.",
-        "seeds": 5,
-        "runs": [{"setting": "custom", "alpha": None, "n_layers": n, "weights": {n: 1.0}} for n in (1, 2, 3)],
-    },
-    "alpha": {
-        "description": "alpha from 0.0 to 1.0 in steps of 0.1 for settings A and B (three seeds).",
-        "seeds": 3,
-        "runs": [{"setting": ["A", "B"], "alpha": [round(0.1 * i, 1) for i in range(11)]}],
-    },
-    "regimes": {
-        "description": "The claims' configurations trained well: cosine learning-rate decay over 20 epochs and "
-                       "patience 3, instead of stopping at the first worse epoch with a constant rate.",
-        "seeds": 5,
-        "base": {"lr_schedule": "cosine", "max_epochs": 20, "patience": 3},
-        "runs": [{"setting": "A", "alpha": [0.3, 0.5, 0.7]},
-                 {"setting": "B", "alpha": 0.7}],
-    },
-}
+# The builtin grids: grids/<name>.yaml in the repository, the package ease.grids once installed.
+GRIDS_PACKAGE = "ease.grids"
 # The grids the book reads, in the order `--book` runs them. Only the first one's runs get lab
 # notebooks in the book's appendix; the others need their records and analyses.
 BOOK_GRIDS = ("exp5-6", "forensics", "dense", "regimes", "alpha")
@@ -103,23 +64,33 @@ def smoke_config(config: RunConfig) -> RunConfig:
 
 
 # --- grids ---------------------------------------------------------------------------------
+def builtin_grids() -> list[str]:
+    """The names of the builtin grids (the YAML files shipped in ease.grids)."""
+    return sorted(entry.name.removesuffix(".yaml") for entry in resources.files(GRIDS_PACKAGE).iterdir()
+                  if entry.name.endswith(".yaml"))
+
+
 def load_grid(name_or_path: str | Path) -> dict:
     """A builtin grid by name, or a grid read from a .yaml/.yml/.json file."""
-    if str(name_or_path) in BUILTIN_GRIDS:
-        return BUILTIN_GRIDS[str(name_or_path)]
+    name = str(name_or_path)
+    if name in builtin_grids():
+        source = resources.files(GRIDS_PACKAGE) / f"{name}.yaml"
+        return _parse(source.read_text(encoding="utf-8"), ".yaml", f"builtin grid {name}")
     path = Path(name_or_path)
     if not path.is_file():
-        raise GridError(f"grid {str(name_or_path)!r} is neither a builtin grid ({', '.join(BUILTIN_GRIDS)}) "
+        raise GridError(f"grid {name!r} is neither a builtin grid ({', '.join(builtin_grids())}) "
                         "nor an existing .yaml/.json file")
     suffix = path.suffix.lower()
     if suffix not in (".json", ".yaml", ".yml"):
         raise GridError(f"grid file {path} must end in .yaml, .yml or .json")
-    text = path.read_text(encoding="utf-8")
+    return _parse(path.read_text(encoding="utf-8"), suffix, f"grid file {path}")
+
+
+def _parse(text: str, suffix: str, where: str) -> dict:
     try:
-        grid = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise GridError(f"grid file {path} could not be parsed: {exc}") from None
-    return grid
+        raise GridError(f"{where} could not be parsed: {exc}") from None
 
 
 def _grid_seeds(value: Any) -> list[int]:

@@ -5,14 +5,16 @@ Usage::
     python -m ease.pipeline [--grid NAME_OR_PATH ... | --book] [--seeds N] [--smoke] [--results DIR]
                             [--scheduler ADDRESS] [--workers N] [--device DEV] [--dry-run]
 
-Each run executes ``notebooks/train_run.py`` (read with jupytext, parameters injected by
-papermill); the executed notebook is kept at ``DIR/executed/<run_id>.ipynb`` and the run's
-record and checkpoint land in ``DIR/runs/`` (``ease.run`` writes them), then the checkpoint
-analysis (``ease.analysis``) lands in ``DIR/analysis/``. A run whose record already exists is
-not trained again, so an interrupted pipeline resumes where it stopped (if its executed
-notebook is missing, the notebook runs from the record in seconds; a missing analysis is
-computed from the checkpoint); a failed run is reported with its executed notebook and the
-others still finish. The exit status is 0 only if no run failed.
+Each run executes the training notebook ``notebooks/train_run.py`` (shipped with the package as
+``ease.notebooks``; read with jupytext, parameters injected by papermill). Where its files go is
+``ease.results``'s layout: the executed notebook (the run's lab notebook) at
+``executed_path(DIR, run_id)``, the record and checkpoint (``ease.run`` writes them) at
+``record_path`` and ``checkpoint_path``, and the checkpoint analysis (``ease.analysis``) at
+``analysis_path``. A run whose record already exists is not trained again, so an interrupted
+pipeline resumes where it stopped (if its executed notebook is missing, the notebook runs from
+the record in seconds; a missing analysis is computed from the checkpoint); a failed run is
+reported with its executed notebook and the others still finish. The exit status is 0 only if
+no run failed.
 
 Runs are scheduled on Dask distributed: by default on a local cluster of one single-threaded
 worker process per CPU core (``--workers`` to change), with no dashboard; ``--scheduler
@@ -20,35 +22,11 @@ tcp://host:8786`` sends them to an existing cluster instead (its workers need ``
 installed, the data reachable, e.g. through ``EASE_DATA_DIR``, and the results folder on a
 shared file system).
 
-Grids
------
-``--grid`` takes builtin names or YAML/JSON files, run one after the other. Builtin grids:
-``exp5-6`` (the default: the document's Experiments 5 and 6, five seeds), ``forensics`` (the
-document's grid at the original code's sizes and rules, on WikiText-2 and on the original's
-placeholder text), ``dense`` (1-, 2- and 3-layer models with the last layer's loss only),
-``regimes`` (the document's configurations trained with cosine decay and patience) and
-``alpha`` (α from 0 to 1 by 0.1 for A and B). ``--book`` runs every grid the book reads; only
-``exp5-6``'s runs get lab notebooks there (the others need records and analyses). A grid file
-looks like ``examples/grid.yaml``::
-
-    description: any text            # optional
-    seeds: 3                         # optional: seeds 0..N-1, or an explicit list [0, 4]; default 3
-    base:                            # optional: RunConfig fields shared by every run
-      max_epochs: 30
-    analyse: false                   # optional: also compute each run's checkpoint analysis
-    runs:                            # required: one entry per group of runs
-      - {setting: A, alpha: [0.3, 0.5, 0.7]}           # a list means "each of these": 3 configs
-      - {setting: B, alpha: 0.7, norm: [post, pre]}    # several lists: their product, 2 configs
-      - {setting: custom, alpha: null, weights: {1: 0.5, 3: 0.5}}
-
-Keys of ``base`` and of each entry are ``RunConfig`` fields (an entry overrides ``base``);
-``seed`` is not one of them, since ``seeds`` sets it. Every config runs once per seed; runs
-are ordered seed by seed (all of seed 0 first), so a stopped grid has whole seeds done, and a
-config listed twice runs once. ``sweep_thresholds`` takes a list of numbers as its value; to
-expand it give a list of such lists. ``--seeds N`` overrides the file's seeds, and ``--smoke``
-replaces the sizes with the tiny ``SMOKE`` set and writes to ``results/smoke`` unless
-``--results`` is given. Every entry is checked before anything runs; a bad one is an error
-naming the entry.
+``--grid`` takes builtin grid names (the YAML files of ``grids/``: ``exp5-6``, the default,
+``forensics``, ``dense``, ``regimes``, ``alpha``) or YAML/JSON grid files, run one after the
+other; ``--book`` runs every grid the book reads (``ease.grid.BOOK_GRIDS``), and only the first
+one's runs get lab notebooks there (the others need records and analyses). The grid format is
+in ``ease.grid`` (``python -m pydoc ease.grid``) and ``examples/grid.yaml``.
 
 Relative paths in configs (a ``corpus`` folder) are read from the folder the pipeline was
 started in.
@@ -56,26 +34,29 @@ started in.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ease.config import DOC_THRESHOLDS, RunConfig
-from ease.grid import (BOOK_GRIDS, BUILTIN_GRIDS, SMOKE, GridError, expand_grid, load_grid,  # noqa: F401
+from ease.grid import (BOOK_GRIDS, SMOKE, GridError, builtin_grids, expand_grid, load_grid,
                        smoke_config)
-from ease.results import executed_path, find_record  # noqa: F401 (executed_path: used by callers)
+from ease.results import executed_path, find_record
 
 DEFAULT_RESULTS = "results"
 SMOKE_RESULTS = "results/smoke"
 SMOKE_ENV = "EASE_SMOKE"
-NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-TRAIN_NOTEBOOK = NOTEBOOKS_DIR / "train_run.py"
-
+# notebooks/ of the repository, installed as the package ease.notebooks (found from any folder)
+TRAIN_NOTEBOOK = Path(str(resources.files("ease.notebooks") / "train_run.py"))
+# The notebooks' parameters cells name every RunConfig field; RunConfig alone holds the defaults.
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 
 
 def describe(config: RunConfig) -> str:
@@ -282,9 +263,9 @@ def run_grid(configs: Sequence[RunConfig], results_dir: str | Path = DEFAULT_RES
 # --- command line --------------------------------------------------------------------------
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ease.pipeline", description=__doc__.split("\n\n")[0],
-                                     epilog="Grid file format: python -m pydoc ease.pipeline, or examples/grid.yaml.")
+                                     epilog="Grid file format: python -m pydoc ease.grid, or examples/grid.yaml.")
     parser.add_argument("--grid", nargs="+", default=["exp5-6"], metavar="NAME_OR_PATH",
-                        help=f"builtin grid(s) ({', '.join(BUILTIN_GRIDS)}) or .yaml/.json grid file(s) "
+                        help=f"builtin grid(s) ({', '.join(builtin_grids())}) or .yaml/.json grid file(s) "
                              "(default exp5-6)")
     parser.add_argument("--book", action="store_true",
                         help=f"every grid the book reads ({', '.join(BOOK_GRIDS)}), instead of --grid")
@@ -300,7 +281,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     results = args.results or (SMOKE_RESULTS if args.smoke else DEFAULT_RESULTS)
     names = list(BOOK_GRIDS) if args.book else args.grid
     try:
-        grids = {name: expand_grid(load_grid(name), seeds=args.seeds, smoke=args.smoke) for name in names}
+        grids = {name: load_grid(name) for name in names}
+        configs_of = {name: expand_grid(grid, seeds=args.seeds, smoke=args.smoke) for name, grid in grids.items()}
     except GridError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -314,13 +296,14 @@ def main(argv: Iterable[str] | None = None) -> int:
     from ease.analysis import load_analysis
 
     failed = False
-    for name, configs in grids.items():
+    for name, configs in configs_of.items():
+        analyse = bool(grids[name].get("analyse", False))
         print(f"grid {name}: {len(configs)} runs, results in {Path(results).resolve()}")
         if args.dry_run:
             for config in configs:
                 try:
                     state = "finished" if find_record(config, results) else "to run"
-                    if state == "finished" and load_grid(name).get("analyse") and load_analysis(config, results) is None:
+                    if state == "finished" and analyse and load_analysis(config, results) is None:
                         state = "to analyse"
                 except ValueError as exc:
                     state = f"bad record: {exc}"
@@ -330,7 +313,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         lab = not args.book or name == BOOK_GRIDS[0]
         try:
             summary = run_grid(configs, results, scheduler=args.scheduler, workers=args.workers, device=args.device,
-                               lab_notebooks=lab, analyse=bool(load_grid(name).get("analyse", False)))
+                               lab_notebooks=lab, analyse=analyse)
         except KeyboardInterrupt:
             print("interrupted: finished runs are kept; run the same command again to resume", file=sys.stderr)
             return 130
@@ -340,19 +323,25 @@ def main(argv: Iterable[str] | None = None) -> int:
 
 
 # --- helpers the notebooks share -------------------------------------------------------------
-def notebook_config(fields: dict[str, Any], smoke: bool | None = None,
+def notebook_config(parameters: dict[str, Any], smoke: bool | None = None,
                     results_dir: str | Path | None = None) -> tuple[RunConfig, Path, bool]:
     """The config, results folder and smoke flag a notebook's parameters describe.
 
-    `sweep_thresholds=None` means RunConfig's default sweep. `smoke=None` reads the environment
-    variable EASE_SMOKE ("1": smoke), so nbval runs the notebooks small without edits. With
-    smoke, sizes become `SMOKE` and the results folder, unless given, `SMOKE_RESULTS`.
+    `parameters` holds a value for every RunConfig field (a notebook passes its `globals()`; other
+    names in it are ignored). None means RunConfig's default, except `alpha` with setting
+    "custom": a custom loss needs no alpha, so None stays None there. `smoke=None` reads the
+    environment variable EASE_SMOKE ("1": smoke), so nbval runs the notebooks small without
+    edits. With smoke, sizes become `SMOKE` and the results folder, unless given, `SMOKE_RESULTS`.
     """
+    missing = [name for name in CONFIG_FIELDS if name not in parameters]
+    if missing:
+        raise ValueError(f"the notebook's parameters lack RunConfig field(s) {missing}; "
+                         "add each to its parameters cell as `name = None`")
     if smoke is None:
         smoke = os.environ.get(SMOKE_ENV) == "1"
-    fields = dict(fields)
-    if fields.get("sweep_thresholds") is None:
-        fields.pop("sweep_thresholds", None)
+    custom = parameters["setting"] == "custom"
+    fields = {name: parameters[name] for name in CONFIG_FIELDS
+              if parameters[name] is not None or (name == "alpha" and custom)}
     config = RunConfig.from_dict(fields)
     if smoke:
         config = smoke_config(config)
@@ -364,14 +353,6 @@ def analysis_thresholds(thresholds: Iterable[float] | None = None) -> list[float
     if thresholds is None:
         thresholds = [i / 100 for i in range(101)] + list(DOC_THRESHOLDS)
     return sorted({float(t) for t in thresholds})
-
-
-def thresholds_path(results_dir: str | Path, run_id: str) -> Path:
-    """Where threshold_analysis writes a run's table.
-
-    Not in runs/: ease.results reads every runs/*.json as a run record.
-    """
-    return Path(results_dir) / "thresholds" / f"{run_id}.json"
 
 
 if __name__ == "__main__":

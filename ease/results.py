@@ -20,6 +20,7 @@ from ease.config import RunConfig
 # The results folder's layout, defined here only:
 #   runs/<run_id>.json      records          runs/<run_id>.pt   checkpoints
 #   executed/<run_id>.ipynb lab notebooks    analysis/<run_id>.json  checkpoint analyses
+#   thresholds/<run_id>.json  threshold tables of notebooks/threshold_analysis.py
 #   bench/decode.json       the decoding benchmark (and its models' records)
 def runs_dir(results_dir: str | Path) -> Path:
     return Path(results_dir) / "runs"
@@ -50,6 +51,11 @@ def checkpoint_path(results_dir: str | Path, run_id: str) -> Path:
 def analysis_path(results_dir: str | Path, run_id: str) -> Path:
     """Where ease.analysis keeps a run's checkpoint analyses (not in runs/: those are all records)."""
     return Path(results_dir) / "analysis" / f"{run_id}.json"
+
+
+def thresholds_path(results_dir: str | Path, run_id: str) -> Path:
+    """Where notebooks/threshold_analysis.py writes a run's threshold table (not in runs/: those are all records)."""
+    return Path(results_dir) / "thresholds" / f"{run_id}.json"
 
 
 def atomic_write(path: str | Path, write) -> None:

@@ -1,4 +1,5 @@
-"""Training with early stopping, and `run`: train, evaluate, sweep and record one config."""
+"""Training with early stopping; `run`: train, evaluate, sweep and record one config; and loading a
+finished run back (`load_checkpoint`, `load_trained`)."""
 from __future__ import annotations
 
 import copy
@@ -190,13 +191,23 @@ def load_checkpoint(results_dir: str | Path, config: RunConfig) -> tuple[EarlyEx
     return model.eval(), state["vocab"]
 
 
-def collect_run_stats(config: RunConfig, results_dir: str | Path, device: str = "cpu") -> TokenStats:
-    """Per-token exit statistics of a finished run on its validation text, from its checkpoint."""
+def load_trained(results_dir: str | Path, config: RunConfig) -> tuple[EarlyExitLM, CharCorpus]:
+    """A finished run's trained model and its corpus, checked to be the text it was trained on.
+
+    The corpus is read again from `config`; if its vocabulary is not the checkpoint's (the data
+    changed since the run), character ids would mean other characters, so this is an error.
+    """
     model, vocab = load_checkpoint(results_dir, config)
     corpus = load_corpus(config.corpus, config.train_chars, config.val_chars, config.vocab_from)
     if corpus.vocab != vocab:
         raise ValueError(f"the corpus now gives a different vocabulary than the checkpoint of {config.run_id} "
                          "was trained with: the data changed; rebuild the run")
+    return model, corpus
+
+
+def collect_run_stats(config: RunConfig, results_dir: str | Path, device: str = "cpu") -> TokenStats:
+    """Per-token exit statistics of a finished run on its validation text, from its checkpoint."""
+    model, corpus = load_trained(results_dir, config)
     dev = pick_device(device)
     val_x, val_y = make_batches(corpus.val_ids, config.seq_len, config.batch_size)
     return collect_token_stats(model.to(dev), val_x, val_y, config.exit_layer, dev)

@@ -17,8 +17,8 @@
 #
 # Loads a trained model from its checkpoint (no retraining), scores the validation text once,
 # and routes it at any thresholds you choose. Name the run by its configuration below: the
-# same parameters as `train_run.py` give the same run id. The table is written to
-# `<results_dir>/thresholds/<run_id>.json`.
+# same parameters as `train_run.py` give the same run id. The table is written to the results folder
+# (`ease.results.thresholds_path`).
 #
 # Committed records come without checkpoints; the error below then says how to rebuild one.
 
@@ -34,58 +34,57 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 
 import ease
 from ease.exits import sweep as route_all
-from ease.pipeline import analysis_thresholds, notebook_config, thresholds_path
-from ease.report import plot_sweep
+from ease.notebooks._plots import plot_sweep
+from ease.pipeline import analysis_thresholds, notebook_config
+from ease.results import find_record, thresholds_path, write_json
 from ease.train import collect_run_stats
-from ease.results import find_record, write_json
 
 sns.set_theme(style="whitegrid")
 
 # %% tags=["parameters"]
-# The run to analyse, as given to train_run.py. Loss: setting "A", "B" or "custom" (with weights).
-setting = "A"
-alpha = 0.7
+# The run to analyse, as given to train_run.py: every field of ease.RunConfig (see ease/config.py for
+# what each means). None: RunConfig's default, which reproduces the experiment document's setup (for a
+# "custom" loss, None alpha means no alpha).
+# Loss: setting "A" (α on the exit layer, 1-α on the last), "B" (A plus weight 1.0 on each middle
+# layer) or "custom" (then `weights`, e.g. {1: 0.5, 3: 0.5}, layers counted from 1).
+setting = None
+alpha = None
 weights = None
-seed = 0
+seed = None
 # model
-n_layers = 3
-dim = 64
-n_heads = 4
-norm = "post"
+n_layers = None
+dim = None
+n_heads = None
+norm = None  # "post" or "pre"
 # data: "wikitext-2", "placeholder" (the original code's stand-in text) or a folder with train.txt and valid.txt
-corpus = "wikitext-2"
-train_chars = 200_000
-val_chars = 20_000
-vocab_from = "train+valid"
-seq_len = 64
-batch_size = 32
-shuffle = False
+corpus = None
+train_chars = None
+val_chars = None
+vocab_from = None  # "train+valid" or "train"
+seq_len = None
+batch_size = None
+shuffle = None
 # optimisation
-lr = 1e-3
-grad_clip = 1.0
-max_epochs = 50
-patience = 0
-lr_schedule = "constant"  # or "cosine": decay to 0 over max_epochs
-# early exit
-exit_layer = 1
-threshold = 0.95  # marked on the plots
-sweep_weights = "best"  # "last": sweep the last epoch's weights, as the original code did
-sweep_thresholds = None  # part of the run's identity; None: the default sweep
+lr = None
+grad_clip = None
+max_epochs = None
+patience = None
+lr_schedule = None  # "constant" or "cosine" (decay to 0 over max_epochs)
+# early exit: exit at `exit_layer` when its max softmax probability >= threshold
+exit_layer = None
+threshold = None
+sweep_thresholds = None
+sweep_weights = None  # "best" (the kept epoch's weights) or "last" (the last epoch's, as the original code)
 # analysis
 thresholds = None  # None: 0, 0.01, ..., 1 plus the document's thresholds
 # where and how
 results_dir = None  # None: "results", or "results/smoke" in smoke mode
 device = "cpu"  # "cpu", "cuda" or "auto"
-smoke = None  # True: tiny sizes (ease.pipeline.SMOKE); None: from the environment (EASE_SMOKE set to 1)
+smoke = None  # True: tiny sizes (ease.grid.SMOKE); None: from the environment (EASE_SMOKE set to 1)
 
 # %%
-config, results_dir, smoke = notebook_config(
-    dict(setting=setting, alpha=alpha, weights=weights, seed=seed, n_layers=n_layers, dim=dim, n_heads=n_heads,
-         norm=norm, corpus=corpus, train_chars=train_chars, val_chars=val_chars, vocab_from=vocab_from,
-         seq_len=seq_len, batch_size=batch_size, shuffle=shuffle, lr=lr, grad_clip=grad_clip,
-         max_epochs=max_epochs, patience=patience, lr_schedule=lr_schedule, exit_layer=exit_layer,
-         threshold=threshold, sweep_thresholds=sweep_thresholds, sweep_weights=sweep_weights),
-    smoke=smoke, results_dir=results_dir)
+# the run these parameters describe (notebook_config reads RunConfig's fields from the variables above)
+config, results_dir, smoke = notebook_config(globals(), smoke=smoke, results_dir=results_dir)
 thresholds = analysis_thresholds(thresholds)
 if smoke:  # standalone smoke check: make sure the tiny run exists (a finished one is not retrained)
     ease.run(config, results_dir, device=device)

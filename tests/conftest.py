@@ -14,9 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def book_results() -> Path:
     """The results folder the book is built from: $EASE_RESULTS, else the committed results/."""
+    from ease.results import record_files, runs_dir
+
     results = Path(os.environ.get("EASE_RESULTS") or REPO / "results").resolve()
-    if not list((results / "runs").glob("*.json")):
-        pytest.fail(f"no run records in {results / 'runs'}: the book cannot be built. Run the grid first "
+    if not record_files(results):
+        pytest.fail(f"no run records in {runs_dir(results)}: the book cannot be built. Run the grid first "
                     f"(python -m ease.pipeline --grid exp5-6 --results {results}) or set EASE_RESULTS "
                     "to a results folder that has records and executed notebooks.")
     return results
@@ -35,7 +37,8 @@ def built_book(book_results: Path, tmp_path_factory) -> Path:
     # pipeline renders them from the records (no training). It must never train here, so a missing
     # record or analysis fails the test instead.
     from ease.analysis import load_analysis
-    from ease.pipeline import BOOK_GRIDS, expand_grid, load_grid, run_grid
+    from ease.grid import BOOK_GRIDS, expand_grid, load_grid
+    from ease.pipeline import run_grid
     from ease.results import find_record
 
     missing = []

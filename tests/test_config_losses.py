@@ -12,6 +12,7 @@ import torch
 from ease.config import DOC_THRESHOLDS, FINE_THRESHOLDS, RunConfig
 from ease.losses import setting_weights, trained_layers, validate_weights, weighted_loss
 from ease.model import EarlyExitLM, ModelConfig
+from ease.results import record_files
 
 
 # --- setting weights ----------------------------------------------------------------------
@@ -408,7 +409,7 @@ def test_head_only_applied_to_weighted_layers(setting, head_calls):
 def test_fields_added_later_keep_old_run_ids():
     # The reference record (results/reference) was made before lr_schedule and sweep_weights
     # existed; its config, as written then, must still give the id it was filed under.
-    path, = (Path(__file__).resolve().parents[1] / "results" / "reference" / "runs").glob("*.json")
+    path, = record_files(Path(__file__).resolve().parents[1] / "results" / "reference")
     old = json.loads(path.read_text())["config"]
     assert "lr_schedule" not in old and "sweep_weights" not in old
     config = RunConfig.from_dict(old)

@@ -1,13 +1,15 @@
-"""The grid pipeline: grid expansion and validation, and real runs through Dask and papermill.
+"""The grid pipeline: builtin grids, grid expansion and validation, the notebook's parameters, the
+installed package, and real runs through Dask and papermill.
 
-The last test trains smoke-size models (ease.pipeline.SMOKE) on WikiText-2, so it needs the
-data (EASE_DATA_DIR or the hub) and takes about a minute on two cores.
+The real runs train smoke-size models (ease.grid.SMOKE) on WikiText-2, so they need the data
+(EASE_DATA_DIR or the hub) and take about a minute on two cores.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,12 +22,14 @@ import psutil
 import pytest
 
 from ease.config import DOC_THRESHOLDS, RunConfig
+from ease.grid import BOOK_GRIDS, builtin_grids
 from ease.pipeline import (SMOKE, TRAIN_NOTEBOOK, GridError, executed_path, expand_grid,
                            load_grid, main, notebook_config, notebook_parameters, run_grid)
-from ease.results import find_record, record_path
+from ease.results import find_record, record_path, runs_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
+ALL_DEFAULT = dict.fromkeys(CONFIG_FIELDS)  # a notebook's parameters left as they are: every field None
 
 
 def smoke(**fields) -> RunConfig:
@@ -48,6 +52,27 @@ def test_builtin_grid_is_the_documents_design():
         assert set(DOC_THRESHOLDS) <= set(c.sweep_thresholds)
     b = next(c for c in configs if c.setting == "B")
     assert b.weights == {1: 0.7, 2: 1.0, 3: 0.3}
+
+
+# --- builtin grids: the YAML files of grids/ ------------------------------------------------------
+def test_builtin_grids_are_the_yaml_files_of_grids():
+    assert builtin_grids() == sorted(p.stem for p in (REPO / "grids").glob("*.yaml"))
+    assert set(BOOK_GRIDS) <= set(builtin_grids()) and len(set(BOOK_GRIDS)) == len(BOOK_GRIDS)
+
+
+@pytest.mark.parametrize("name", sorted((p.stem for p in (REPO / "grids").glob("*.yaml"))))
+def test_a_grid_by_name_is_the_grid_by_path(name, monkeypatch):
+    monkeypatch.chdir(REPO)
+    by_name = expand_grid(load_grid(name))
+    assert by_name == expand_grid(load_grid(f"grids/{name}.yaml"))
+
+
+@pytest.mark.parametrize("name", BOOK_GRIDS)
+def test_every_run_of_the_books_grids_has_its_committed_record(name):
+    """The grids' run ids are those of the committed records: a changed grid file would orphan them."""
+    configs = expand_grid(load_grid(name))
+    missing = [c.run_id for c in configs if find_record(c, REPO / "results") is None]
+    assert not missing, f"{len(missing)} of {len(configs)} runs of {name} have no record in results/runs"
 
 
 def test_audit_grids_are_what_the_book_says():
@@ -204,6 +229,7 @@ def test_cli_dry_run_lists_runs_without_running(tmp_path, capsys):
     RunConfig(),
     RunConfig(setting="B", alpha=0.3, seed=4, norm="pre", lr=5e-4, shuffle=True, sweep_thresholds=(0.5, 0.9)),
     RunConfig(setting="custom", alpha=None, weights={1: 0.2, 2: 0.3, 3: 0.5}, exit_layer=2, threshold=0.8),
+    RunConfig(setting="custom", alpha=0.7, weights={1: 0.5, 3: 0.5}),  # alpha as a label of a custom loss
 ])
 def test_injected_parameters_rebuild_the_same_config(config, monkeypatch):
     monkeypatch.setenv("EASE_SMOKE", "1")  # the injected smoke=False must win over the environment
@@ -211,14 +237,36 @@ def test_injected_parameters_rebuild_the_same_config(config, monkeypatch):
     declared = papermill.inspect_notebook(jupytext.read(TRAIN_NOTEBOOK))
     assert set(params) <= set(declared), "the notebook must declare every parameter the pipeline injects"
     assert set(CONFIG_FIELDS) <= set(params)
-    fields = {k: v for k, v in params.items() if k in CONFIG_FIELDS}
-    rebuilt, results_dir, is_smoke = notebook_config(fields, smoke=params["smoke"], results_dir=params["results_dir"])
+    rebuilt, results_dir, is_smoke = notebook_config(params, smoke=params["smoke"], results_dir=params["results_dir"])
     assert rebuilt == config and rebuilt.run_id == config.run_id
     assert results_dir == Path("/somewhere/results") and is_smoke is False
 
 
+def test_none_parameters_take_run_configs_defaults(monkeypatch):
+    monkeypatch.delenv("EASE_SMOKE", raising=False)
+    config, _, _ = notebook_config(ALL_DEFAULT)
+    assert config == RunConfig()
+    config, _, _ = notebook_config({**ALL_DEFAULT, "setting": "B", "norm": "pre"})
+    assert (config.setting, config.alpha, config.norm, config.max_epochs) == ("B", 0.7, "pre", 50)
+    assert config == RunConfig(setting="B", norm="pre")
+
+
+def test_a_custom_loss_keeps_alpha_none(monkeypatch):
+    monkeypatch.delenv("EASE_SMOKE", raising=False)
+    weights = {1: 0.5, 3: 0.5}
+    config, _, _ = notebook_config({**ALL_DEFAULT, "setting": "custom", "weights": weights})
+    assert config.alpha is None and config == RunConfig(setting="custom", alpha=None, weights=weights)
+    labelled, _, _ = notebook_config({**ALL_DEFAULT, "setting": "custom", "weights": weights, "alpha": 0.25})
+    assert labelled.alpha == 0.25 and labelled.run_id != config.run_id
+
+
+def test_parameters_missing_a_field_are_an_error():
+    with pytest.raises(ValueError, match="n_heads"):
+        notebook_config({k: v for k, v in ALL_DEFAULT.items() if k != "n_heads"})
+
+
 def test_notebook_config_smoke_from_environment(monkeypatch):
-    fields = {"setting": "A", "alpha": 0.5, "sweep_thresholds": None}
+    fields = {**ALL_DEFAULT, "setting": "A", "alpha": 0.5}
     monkeypatch.setenv("EASE_SMOKE", "1")
     config, results_dir, is_smoke = notebook_config(fields)
     assert is_smoke and results_dir == Path("results/smoke")
@@ -226,6 +274,43 @@ def test_notebook_config_smoke_from_environment(monkeypatch):
     monkeypatch.delenv("EASE_SMOKE")
     config, results_dir, is_smoke = notebook_config(fields)
     assert not is_smoke and results_dir == Path("results") and config == RunConfig(alpha=0.5)
+
+
+# --- the installed package -----------------------------------------------------------------------
+PACKAGE_SOURCES = ("pyproject.toml", "README.md", "ease", "grids", "notebooks", "book/companion")
+
+
+def test_the_installed_package_finds_its_grids_and_notebook_from_any_folder(tmp_path):
+    """After `pip install .` (here into a folder of its own) grid names and the training notebook
+    resolve with no repository around: they are package data, not paths into the checkout."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for part in PACKAGE_SOURCES:  # a copy: building in the checkout would leave build/ behind
+        if (REPO / part).is_dir():
+            shutil.copytree(REPO / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / part, source / part)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(source)], check=True, capture_output=True, timeout=300)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    probe = ("import json, ease, ease.notebooks._plots; from ease.grid import BOOK_GRIDS, builtin_grids, expand_grid, "
+             "load_grid; from ease.pipeline import TRAIN_NOTEBOOK; print(json.dumps({'ease': ease.__file__, "
+             "'notebook': str(TRAIN_NOTEBOOK), 'grids': builtin_grids(), "
+             "'ids': {n: [c.run_id for c in expand_grid(load_grid(n))] for n in BOOK_GRIDS}}))")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = json.loads(subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, check=True,
+                                    capture_output=True, text=True).stdout)
+    assert Path(out["ease"]).is_relative_to(site) and Path(out["notebook"]).is_relative_to(site)
+    assert Path(out["notebook"]).read_text() == TRAIN_NOTEBOOK.read_text()
+    assert out["grids"] == builtin_grids()
+    assert out["ids"] == {n: [c.run_id for c in expand_grid(load_grid(REPO / "grids" / f"{n}.yaml"))]
+                          for n in BOOK_GRIDS}
+    dry = subprocess.run([sys.executable, "-m", "ease.pipeline", "--grid", "dense", "--dry-run", "--results",
+                          str(tmp_path / "results")], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert sum(run_id in dry.stdout for run_id in out["ids"]["dense"]) == 15
 
 
 # --- real runs: Dask + papermill ------------------------------------------------------------
@@ -311,7 +396,7 @@ def test_pipeline_survives_a_kill_resumes_skips_finished_runs_and_reports_failur
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     assert find_record(slow, results) is None  # the interrupted run left no record...
-    assert not list(results.glob("runs/*.tmp"))  # ...not even a half-written one
+    assert not list(runs_dir(results).glob("*.tmp"))  # ...not even a half-written one
     quick_record = _stamp(record_path(results, quick.run_id))
 
     # 2. the same command again: quick is skipped, slow is run to the end, broken fails alone

@@ -21,7 +21,7 @@ from ease.config import DOC_THRESHOLDS, RunConfig
 from ease.data import build_corpus, load_corpus, make_batches
 from ease.exits import collect_token_stats, route
 from ease.results import (atomic_write, checkpoint_path, find_record, load_histories, load_results,
-                          load_sweeps, record_path, write_json)
+                          load_sweeps, record_path, runs_dir, write_json)
 from ease.train import NonFiniteLossError, build_model, pick_device, train_model
 
 WORDS = ("the cat sat on a mat and the dog ran far away from home while small birds sing "
@@ -130,7 +130,7 @@ def test_record_shape(runs, tiny):
     assert record["timing"]["train_s"] > 0 and record["timing"]["tokens_per_s"] > 0
     # on disk: exactly the returned record, plus the checkpoint, and no temporary files
     assert json.loads(record_path(dirs[0], tiny.run_id).read_text(encoding="utf-8")) == record
-    assert sorted(os.listdir(dirs[0] / "runs")) == sorted([f"{tiny.run_id}.json", f"{tiny.run_id}.pt"])
+    assert sorted(os.listdir(runs_dir(dirs[0]))) == sorted([f"{tiny.run_id}.json", f"{tiny.run_id}.pt"])
 
 
 def test_eval_tokens_counts_full_validation_batches(runs):
@@ -179,6 +179,27 @@ def test_load_checkpoint_missing(tmp_path, tiny):
         ease.load_checkpoint(tmp_path, tiny)
 
 
+def test_load_trained_gives_the_checkpoint_and_the_text_it_was_trained_on(runs, tiny):
+    dirs, _ = runs
+    model, corpus = train.load_trained(dirs[0], tiny)
+    _, vocab = ease.load_checkpoint(dirs[0], tiny)
+    assert corpus.vocab == vocab
+    assert torch.equal(corpus.val_ids, load_corpus(tiny.corpus, tiny.train_chars, tiny.val_chars).val_ids)
+
+
+def test_load_trained_refuses_a_checkpoint_of_another_vocabulary(runs, tiny, tmp_path):
+    dirs, _ = runs
+    state = torch.load(checkpoint_path(dirs[0], tiny.run_id), weights_only=True)
+    state["vocab"] = state["vocab"][:-1] + ["\u2603"]  # as if the text had changed since training
+    changed = checkpoint_path(tmp_path, tiny.run_id)
+    changed.parent.mkdir(parents=True)
+    torch.save(state, changed)
+    with pytest.raises(ValueError, match=f"vocabulary.*{tiny.run_id}"):
+        train.load_trained(tmp_path, tiny)
+    with pytest.raises(ValueError, match="vocabulary"):  # and so does everything that reads a checkpoint
+        train.collect_run_stats(tiny, tmp_path)
+
+
 # --- `run` skips finished work and writes safely ---------------------------------------------
 
 def test_run_returns_an_existing_record_without_training(runs, tiny, monkeypatch):
@@ -208,7 +229,7 @@ def test_failed_checkpoint_leaves_no_record(tmp_path, tiny, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         ease.run(cfg, tmp_path, progress=False)
     assert find_record(cfg, tmp_path) is None
-    assert os.listdir(tmp_path / "runs") == []
+    assert os.listdir(runs_dir(tmp_path)) == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
@@ -376,7 +397,7 @@ def results_dir(tmp_path):
     b = RunConfig(setting="B", alpha=0.3, seed=2, n_layers=4)
     write_json(record_path(tmp_path, a.run_id), hand_record(a, 10.0, [0.5, 0.9], 3))
     write_json(record_path(tmp_path, b.run_id), hand_record(b, 20.0, [0.5, 0.7, 0.9], 1))
-    (tmp_path / "runs" / f"{a.run_id}.pt").write_bytes(b"not a record")  # ignored: only *.json are records
+    checkpoint_path(tmp_path, a.run_id).write_bytes(b"not a record")  # ignored: only *.json are records
     return tmp_path, a, b
 
 

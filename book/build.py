@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(exc))
     missing = [r["run_id"] for r in grid.records() if not executed_path(results, r["run_id"]).is_file()]
     if missing:
-        fail(f"{len(missing)} run(s) of the book's grid have no lab notebook in {results / 'executed'}: "
+        fail(f"{len(missing)} run(s) of the book's grid have no lab notebook in {executed_path(results, missing[0]).parent}: "
              f"{', '.join(missing)}. The pipeline renders them from the records: python -m ease.pipeline "
              f"--book --results {results}")
     print(f"book: {len(grid.records())} runs from {results}")

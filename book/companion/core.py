@@ -27,7 +27,7 @@ import yaml
 from ease.config import DOC_THRESHOLDS, RunConfig
 from ease.grid import expand_grid, load_grid
 from ease.analysis import load_analysis
-from ease.results import bench_path, find_record, load_records
+from ease.results import analysis_path, bench_path, find_record, load_records, runs_dir
 from ease.stats import Stat, mean_ci
 
 RESULTS_ENV = "EASE_RESULTS"
@@ -186,8 +186,8 @@ def _diff(ours: dict, ref: dict) -> dict[str, tuple[Any, Any]]:
 def book_grid(results: str | Path | None = None) -> Grid:
     """The book's records from a results folder (default: `results_dir()`)."""
     results = Path(results) if results is not None else results_dir()
-    if not (results / "runs").is_dir():
-        raise FileNotFoundError(f"no run records: {results / 'runs'} does not exist. Produce them with "
+    if not runs_dir(results).is_dir():
+        raise FileNotFoundError(f"no run records: {runs_dir(results)} does not exist. Produce them with "
                                 f"python -m ease.pipeline --grid {BOOK_GRID} --results {results}, or point "
                                 f"{RESULTS_ENV} at a results folder that has them")
     return select_grid(load_records(results), reference_configs(), results)
@@ -201,7 +201,7 @@ def grid_records(name: str, results: str | Path | None = None) -> list[dict]:
     missing = [c.run_id for c, r in zip(configs, records) if r is None]
     if missing:
         raise LookupError(f"{len(missing)} of {len(configs)} runs of grid {name!r} have no record in "
-                          f"{results / 'runs'} (e.g. {missing[:3]}). Run them: python -m ease.pipeline --grid {name}")
+                          f"{runs_dir(results)} (e.g. {missing[:3]}). Run them: python -m ease.pipeline --grid {name}")
     for record in records:  # read through RunConfig so older records show today's fields
         record["config"] = RunConfig.from_dict(record["config"]).to_dict()
     return records
@@ -214,7 +214,7 @@ def grid_analyses(records: Sequence[dict], results: str | Path | None = None) ->
     for record in records:
         analysis = load_analysis(RunConfig.from_dict(record["config"]), results)
         if analysis is None:
-            raise LookupError(f"run {record['run_id']} has no current analysis in {results / 'analysis'}; "
+            raise LookupError(f"run {record['run_id']} has no current analysis in {analysis_path(results, record['run_id']).parent}; "
                               "compute it with python -m ease.pipeline --book (it needs the run's checkpoint)")
         out[record["run_id"]] = analysis
     return out

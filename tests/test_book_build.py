@@ -97,6 +97,8 @@ def test_jupyter_book_build_book_as_typed(built_book: Path):
     """The README's `jupyter-book build book`, from the repository root: the English edition, complete."""
     from test_book import EXPECTED  # the chapters every edition has
 
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "\njupyter-book build book\n" in readme, "the README no longer prints the command tested here"
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(["jupyter-book", "build", "book"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=1800)

@@ -24,6 +24,8 @@ NOT_RUN = {
     "make book": "renders and builds the whole book (the book tests do that)",
     "make test": "runs this test suite",
     "make reproduce": "retrains every grid: hours",
+    "source .venv/bin/activate": "sets up the shell for the next line (the test puts .venv/bin on PATH)",
+    "jupyter-book build book": "tests/test_book_build.py runs it as printed, after the lab notebooks are rendered",
     ".venv/bin/python -m ease.pipeline --grid exp5-6 --seeds 3": "trains 15 runs; its --dry-run form runs here",
     ".venv/bin/python -m ease.pipeline --book": "trains every grid the book reads; its --dry-run form runs here",
     ".venv/bin/python -m ease.pipeline --grid examples/grid.yaml": "trains 10 runs; its --dry-run form runs here",

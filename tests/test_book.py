@@ -1,5 +1,5 @@
 """The bilingual book: the built HTML (structure, links, images, tables, language, search) and the
-ease.report functions behind its pages.
+companion functions behind its pages.
 
 The build tests use the session fixture `built_book` (tests/conftest.py), which builds the whole
 book once from $EASE_RESULTS or the committed results/ and fails when there are no records.
@@ -194,7 +194,7 @@ def _table_rows(table) -> list[dict[str, str]]:
 
 
 def test_numbers_come_from_the_records_and_published_file(built_book: Path, book_results: Path):
-    """Recompute Experiment 5's α table from the records the appendix lists, independently of ease.report."""
+    """Recompute Experiment 5's α table from the records the appendix lists, independently of companion."""
     runs_page = article(soup(built_book / "en" / "appendix" / "notebooks.html"))
     run_ids = [row["run"] for row in _table_rows(runs_page.find("table"))]
     records = [json.loads((book_results / "runs" / f"{rid}.json").read_text()) for rid in run_ids]

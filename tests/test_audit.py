@@ -1,8 +1,11 @@
-"""The audit's logic (ease.audit) on hand-made records whose answers are known by construction.
+"""The audit chapters (companion.claims, forensics, beyond, real_exit, landing and the judge) on designed
+records whose answers are derived by hand.
 
-Every grid's records are written with numbers chosen so that each claim, the placeholder
-hypothesis and the equal-compute comparison have a known outcome; the tests check that the
-audit reaches exactly those outcomes and that its tables show them.
+Every run's PPL is `base(config) · m(seed) · (1 + 2 · shallow(τ))`: a base per configuration, a seed factor
+m shared by every configuration of that seed (so paired differences cancel most of the seed-to-seed spread
+while each condition's own spread stays large), and the share of early exits shallow(τ) = (1 − τ)^p with
+p = 1 for setting A and 2 for B (0.1 on the placeholder text, whose runs land near the document's tables). The expected numbers below are worked out from these formulas, and the
+intervals from Student's t by hand (`t_interval`), not from the code under test.
 """
 from __future__ import annotations
 
@@ -10,212 +13,400 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
-from ease import audit
 from ease.analysis import ANALYSIS_VERSION, SHALLOW_FRACTIONS
-from ease.config import RunConfig
-from ease.pipeline import expand_grid, load_grid
-from ease.report import load_published
-from ease.results import analysis_path, record_path, write_json
+from ease.config import DOC_THRESHOLDS, RunConfig
+from ease.grid import expand_grid, load_grid
+from ease.results import analysis_path, bench_path, record_path, write_json
 from ease.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 
-# Designed outcome on the document's-rule grid: A beats B by 1 PPL, α=0.7 beats 0.3 and 0.5, PPL
-# falls and compute rises with the threshold, and B exits *fewer* tokens than A (claim 4 fails).
-BASE_PPL = {("A", 0.3): 8.0, ("A", 0.5): 7.5, ("A", 0.7): 7.0, ("B", 0.7): 8.0}
-# share exiting at threshold t: (1 - t) ** power, so everyone exits at 0 (as max probability >= 0 always)
-SHALLOW_POWER = {"A": 1.0, "B": 2.0}
+from companion import beyond, claims, core, forensics, judge, landing, real_exit
+
+BASE_PPL = {("A", 0.3): 8.0, ("A", 0.5): 7.5, ("A", 0.7): 7.0, ("B", 0.7): 8.0}  # others: 7.2
+DENSE_PPL = {1: 30.0, 2: 20.0, 3: 6.5}
+SHALLOW_POWER = {"A": 1, "B": 2, "placeholder": 0.1}
+K = {0: -2, 1: 0, 2: 2, 3: -1, 4: 1}  # per seed: mean 0 over seeds 0-4 and over seeds 0-2
+M = {seed: 1 + 0.25 * k for seed, k in K.items()}  # the seed factor: 0.5, 1, 1.5, 0.75, 1.25
+WELL_B_SWING = 0.3  # well-trained regime: routed PPL(B) = routed PPL(A) + 0.3 · (−1)^seed
+REAL_GAP = {seed: 0.5 + 0.1 * k for seed, k in K.items()}  # real − simulated PPL at every threshold
 
 
-def jitter(seed: int) -> float:
-    return 0.02 * ((seed * 7) % 5 - 2)  # -0.04 .. 0.04, different per seed
+def shallow(setting: str, t: float, corpus: str = "wikitext-2") -> float:
+    return (1 - t) ** SHALLOW_POWER.get("placeholder" if corpus == "placeholder" else setting, 1)
 
 
-def sweep_rows(setting: str, ppl: float, thresholds) -> list[dict]:
-    rows = []
-    for t in thresholds:
-        shallow = (1 - t) ** SHALLOW_POWER.get(setting, 1.0)
-        rows.append({"threshold": t, "ppl": ppl * (1 + 2 * shallow), "shallow_frac": shallow,
-                     "compute_frac": shallow / 3 + (1 - shallow)})
-    return rows
+PLACEHOLDER_ROUTED = 1 + 2 * shallow("A", 0.95, "placeholder")  # ≈ 2.5: routed / base at τ = 0.95
 
 
-def make_record(config: RunConfig, ppl: float) -> dict:
-    sweep = sweep_rows(config.setting, ppl, config.sweep_thresholds)
-    at = next(r for r in sweep if abs(r["threshold"] - config.threshold) < 1e-9)
+def t_interval(values) -> tuple[float, float, float]:
+    """(mean, lower, upper) of the 95% Student-t interval, by the textbook formula."""
+    x = np.asarray(values, float)
+    half = scipy_stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return x.mean(), x.mean() - half, x.mean() + half
+
+
+def base(config: RunConfig, published: dict) -> float:
+    """The PPL of a run before its seed factor and exits (routed PPL at τ: base · m · (1 + 2 shallow))."""
+    if config.setting == "custom":
+        return DENSE_PPL[config.n_layers]
+    if config.corpus == "placeholder":  # routed PPL at τ = 0.95 ≈ the document's results row
+        return forensics.doc_rows(published, sweep=False)[(config.setting, config.alpha, None)]["ppl"] / PLACEHOLDER_ROUTED
+    if config.lr_schedule == "cosine" and config.setting == "B":
+        a = BASE_PPL[("A", 0.7)] * (1 + 2 * shallow("A", 0.95))
+        return (a + WELL_B_SWING * (-1) ** config.seed / M[config.seed]) / (1 + 2 * shallow("B", 0.95))
+    return BASE_PPL.get((config.setting, config.alpha), 7.2)
+
+
+def epochs(config: RunConfig) -> int:
+    return 5 + config.seed if (config.setting, config.alpha) == ("A", 0.7) else 20
+
+
+def make_record(config: RunConfig, published: dict) -> dict:
+    ppl = base(config, published) * M[config.seed]
+
+    def sweep(p: float) -> list[dict]:
+        rows = []
+        for t in config.sweep_thresholds:
+            s = shallow(config.setting, t, config.corpus)
+            rows.append({"threshold": t, "ppl": p * (1 + 2 * s), "shallow_frac": s, "compute_frac": s / 3 + 1 - s})
+        return rows
+
+    rows = sweep(ppl)
+    at = next(r for r in rows if abs(r["threshold"] - config.threshold) < 1e-9)
     metrics = {"ppl": at["ppl"], "shallow_frac": at["shallow_frac"], "compute_frac": at["compute_frac"],
-               "ppl_shallow": ppl * 3, "ppl_deep": ppl, "best_epoch": 4, "epochs_run": 5, "eval_tokens": 1000}
-    if config.sweep_weights == "last":  # the last epoch's weights are a little worse
-        sweep = sweep_rows(config.setting, ppl * 1.2, config.sweep_thresholds)
-        metrics["sweep_epoch"] = 5
-    return {"run_id": config.run_id, "config": config.to_dict(), "metrics": metrics, "sweep": sweep,
+               "ppl_shallow": 3 * ppl, "ppl_deep": ppl, "best_epoch": epochs(config) - 1,
+               "epochs_run": epochs(config), "eval_tokens": 1000}
+    if config.sweep_weights == "last":  # the last epoch's weights are 20% worse
+        rows = sweep(1.2 * ppl)
+    return {"run_id": config.run_id, "config": config.to_dict(), "metrics": metrics, "sweep": rows,
             "history": [], "env": {}, "timing": {"train_s": 1.0, "eval_s": 0.1, "tokens_per_s": 1.0}}
 
 
-def make_analysis(config: RunConfig, vocab: int) -> dict:
-    ppl = BASE_PPL.get((config.setting, config.alpha), 7.0) + jitter(config.seed)
-    fr = list(SHALLOW_FRACTIONS)
-    curve = lambda k: [ppl * (1 + k * f) for f in fr]  # noqa: E731 (k: how fast the measure degrades)
-    return {"run_id": config.run_id, "analysis_version": ANALYSIS_VERSION, "vocab_size": vocab, "eval_tokens": 1000,
-            "agreement": 0.6, "shallow_fractions": fr,
-            "matched": {"max_prob": curve(2.0), "entropy": curve(2.5), "margin": curve(1.5), "cosine": curve(3.0),
-                        "oracle": curve(0.5)},
-            "real_exit": []}
+MEASURE_SLOPE = {"max_prob": 2.0, "entropy": 2.5, "margin": 1.5, "cosine": 3.0, "oracle": 0.5}
+
+
+def make_analysis(config: RunConfig, published: dict) -> dict:
+    ppl = base(config, published) * M[config.seed]
+    real = []
+    for t in DOC_THRESHOLDS:
+        s = shallow(config.setting, t, config.corpus)
+        sim = ppl * (1 + 2 * s)
+        real.append({"threshold": t, "ppl": sim + REAL_GAP[config.seed], "sim_ppl": sim, "shallow_frac": s,
+                     "compute_frac": s / 3 + 1 - s, "flop_compute_frac": s / 3 + 1 - s + 0.05})
+    return {"run_id": config.run_id, "analysis_version": ANALYSIS_VERSION,
+            "vocab_size": 30 if config.corpus == "placeholder" else 180, "eval_tokens": 1000, "agreement": 0.6,
+            "shallow_fractions": list(SHALLOW_FRACTIONS),
+            "matched": {name: [ppl * (1 + k * f) for f in SHALLOW_FRACTIONS] for name, k in MEASURE_SLOPE.items()},
+            "real_exit": real,
+            "samples": [{"threshold": 0.5, "prompt": "ab", "text": "xyz", "layers": [1, 3, 1]}]}
+
+
+def bench_row(batch: int, threshold, compute: float, times: list[float], ratio: float) -> dict:
+    return {"model": "large", "n_layers": 12, "dim": 256, "batch": batch, "threshold": threshold,
+            "shallow_frac": 1 - compute, "compute_frac": compute, "flop_compute_frac": compute + 0.05,
+            "tokens_per_s": 100.0, "speedup": ratio / compute, "theoretical_speedup": 1 / compute, "ratio": ratio,
+            "times_s": times}
+
+
+BENCH = {"env": {"platform": "Linux-x", "torch": "2", "device": "cpu", "threads": 1},
+         "settings": {"repeats": 3, "new_tokens": 8},
+         "rows": [bench_row(1, None, 1.0, [1.0, 1.2, 0.8], 1.0), bench_row(1, 0.5, 0.5, [0.4, 0.5, 0.625], 0.9),
+                  bench_row(16, None, 1.0, [2.0, 2.0, 2.0], 1.0), bench_row(16, 0.5, 0.5, [1.6, 1.6, 1.6], 0.6)]}
+BENCH["nearest_50"] = [BENCH["rows"][1], BENCH["rows"][3]]
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def published():
+    return core.load_published()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, published):
     folder = tmp_path_factory.mktemp("audit")
-    published = load_published()
-    doc_results = audit._doc_results_rows(published)
     for name in ("exp5-6", "forensics", "dense", "regimes", "alpha"):
-        for config in expand_grid(load_grid(name)):
-            if name == "dense":
-                # smaller dense models are clearly worse than early exit at their compute
-                ppl = {1: 30.0, 2: 20.0, 3: 6.5}[config.n_layers] + jitter(config.seed)
-            elif config.corpus == "placeholder":
-                # placeholder runs land near the published results rows
-                ppl = doc_results[(config.setting, config.alpha)]["ppl"] / 1.3 + jitter(config.seed)
-            else:
-                ppl = BASE_PPL.get((config.setting, config.alpha), 7.2) + jitter(config.seed)
-            write_json(record_path(folder, config.run_id), make_record(config, ppl))
-            vocab = 30 if config.corpus == "placeholder" else 180
-            write_json(analysis_path(folder, config.run_id), make_analysis(config, vocab))
+        for config in expand_grid(load_grid(name)):  # alpha shares runs with exp5-6: the same design
+            write_json(record_path(folder, config.run_id), make_record(config, published))
+            write_json(analysis_path(folder, config.run_id), make_analysis(config, published))
+    write_json(bench_path(folder), BENCH)
     return folder
 
 
 @pytest.fixture(scope="module")
 def exp(results):
-    return audit.grid_records("exp5-6", results)
+    return core.grid_records("exp5-6", results)
 
 
-def test_grid_records_names_what_is_missing(tmp_path):
-    with pytest.raises(LookupError, match="python -m ease.pipeline --grid dense"):
-        audit.grid_records("dense", tmp_path)
+@pytest.fixture(scope="module")
+def well(results):
+    return core.grid_records("regimes", results)
 
 
-def test_grid_analyses_names_what_is_missing(results, exp, tmp_path):
-    with pytest.raises(LookupError, match="no current analysis"):
-        audit.grid_analyses(exp, tmp_path)
-    assert len(audit.grid_analyses(exp, results)) == len(exp)
-
-
-def test_claims_reach_the_designed_verdicts(exp):
-    claims = audit.evaluate_claims(exp, "en")
-    assert [c.number for c in claims] == [1, 2, 3, 4]
-    verdicts = {c.number: c.verdict for c in claims}
-    assert verdicts == {1: REPRODUCED, 2: REPRODUCED, 3: REPRODUCED, 4: NOT_REPRODUCED}
-    first = claims[0].comparisons[0]
-    # at threshold 0.95: A exits 0.05 of the tokens, B 0.05 ** 2; the jitter nearly cancels in each pair
-    expected = 7.0 * (1 + 2 * 0.05) - 8.0 * (1 + 2 * 0.05 ** 2)
-    assert first.stat.mean == pytest.approx(expected) and first.stat.half < 0.01
-    assert first.holds == 5 and len(first.diffs) == 5
-    assert len(claims[2].comparisons) == 2 * (len(audit.DOC_THRESHOLDS) - 1)
-
-
-def test_claims_table_shows_every_comparison(exp):
-    table = audit.claims_table(audit.evaluate_claims(exp, "en"), "en")
-    lines = table.splitlines()
-    assert len(lines) == 2 + 1 + 2 + 8 + 1
-    assert "**not reproduced**" in lines[-1] and "0/5" in lines[-1]
-    ja = audit.claims_table(audit.evaluate_claims(exp, "ja"), "ja")
-    assert "**再現された**" in ja and "**再現されなかった**" in ja
-
-
-def test_paired_comparison_needs_the_same_seeds(exp):
-    a = audit.select(exp, setting="A", alpha=0.7)
+# --- the judge ---------------------------------------------------------------------------------------
+def test_compare_pairs_by_seed_and_needs_the_same_seeds(exp):
+    a7, b7 = core.select(exp, setting="A", alpha=0.7), core.select(exp, setting="B", alpha=0.7)
+    c = judge.compare(b7, a7, "ppl", -1)
+    expected = [M[s] * (7.0 * 1.1 - 8.0 * (1 + 2 * 0.05 ** 2)) for s in range(5)]  # A − B per seed
+    assert c.diffs == pytest.approx(expected)
     with pytest.raises(ValueError, match="same seeds"):
-        audit.compare(a[:3], a[1:4], "ppl", -1, "x")
+        judge.compare(a7[:3], b7[1:4], "ppl", -1)
 
 
-def test_placeholder_hypothesis_is_supported_when_placeholder_runs_match(results):
-    records = audit.grid_records("forensics", results)
-    matches = audit.forensic_matches(records, load_published())
-    assert len(matches) == 2 * (4 + 9)  # PPL and Shallow of the 4 results rows and the 9 threshold rows
-    ppl_rows = [m for m in matches if m.metric == "ppl" and "τ" not in m.what]
-    assert all(m.closer == "placeholder" for m in ppl_rows)
-    # decided on PPL: Shallow % is the same on both corpora by construction, so it splits by rounding
-    assert audit.placeholder_verdict(ppl_rows) == audit.SUPPORTED
-    wt2_only = [audit.Match(m.what, m.metric, m.published, {"wikitext-2": m.runs["wikitext-2"],
-                                                           "placeholder": [x * 100 for x in m.runs["placeholder"]]})
-                for m in ppl_rows]
-    assert audit.placeholder_verdict(wt2_only) == audit.REJECTED
+def test_lowest_judges_the_lowest_mean_against_every_other():
+    found = judge.lowest({"x": [1.0, 2.0, 3.0], "y": [1.5, 2.4, 3.6], "z": [3.0, 1.0, 2.5]}, "ppl")
+    assert found.key == "x"
+    # x − y = −0.5, −0.4, −0.6: interval below zero; x − z = −2, 1, 0.5: it contains zero
+    assert found.against["y"].verdict == REPRODUCED and found.against["z"].verdict == INCONCLUSIVE
+    assert found.verdict == INCONCLUSIVE and found.closest == "z"
+    # x − y = −0.5, −0.5, −0.55: a narrow interval below zero
+    assert judge.lowest({"x": [1.0, 2.0, 3.0], "y": [1.5, 2.5, 3.55]}, "ppl").verdict == REPRODUCED
 
 
-def test_inconsistency_gaps_follow_the_last_epochs_weights(results):
-    records = audit.grid_records("forensics", results)
-    rows = audit.inconsistency(records, load_published(), "placeholder")
-    ppl_a = next(r for r in rows if r["setting"] == "A" and r["metric"] == "ppl")
-    assert ppl_a["stat"].mean > 0 and ppl_a["same_sign"]  # the last weights are worse, as in the document
-    assert ppl_a["doc"] == pytest.approx(31.46 - 22.95)
+# --- claims ----------------------------------------------------------------------------------------
+def test_claims_on_the_documents_rule_reach_the_designed_verdicts(exp):
+    found = claims.evaluate(exp)
+    assert [c.number for c in found] == [1, 2, 3, 4]
+    # 1: A − B = m · (7.7 − 8.04): all negative, spread by m → reproduced (paired)
+    # 2: A is routed alike at every α, so 0.7 − 0.3 = m · 1.1 · (7 − 8) and 0.7 − 0.5 = m · 1.1 · (7 − 7.5) < 0
+    # 3: PPL falls and Compute rises at every step of the document's thresholds
+    # 4: B exits (1 − τ)² < (1 − τ) of A → Shallow(B) − Shallow(A) < 0 at every seed → not reproduced
+    assert {c.number: c.verdict for c in found} == {1: REPRODUCED, 2: REPRODUCED, 3: REPRODUCED, 4: NOT_REPRODUCED}
+    first = found[0].comparisons[0][1]
+    mean, lo, hi = t_interval([M[s] * (7.7 - 8.0 * 1.005) for s in range(5)])
+    assert (first.stat.mean, first.stat.lo, first.stat.hi) == pytest.approx((mean, lo, hi))
+    assert first.holds == 5 and hi < 0
+    assert len(found[2].comparisons) == 2 * (len(DOC_THRESHOLDS) - 1)
 
 
-def test_equal_compute_finds_early_exit_better_than_smaller_models(results, exp):
-    dense = audit.grid_records("dense", results)
-    rows = audit.equal_compute(exp, dense, "en")
-    smaller = [r for r in rows if r["compute"] < 1]
-    assert len(smaller) == 2 * 4
-    assert all(r["verdict"] == REPRODUCED for r in smaller)
-    # at one third of the compute every token exits: the early-exit PPL is the sweep's at threshold 0
-    one_third = next(r for r in smaller if r["n_layers"] == 1 and r["cell"] == ("A", 0.7))
-    a7 = audit.select(exp, setting="A", alpha=0.7)
-    assert one_third["early_exit"].mean == pytest.approx(np.mean([r["sweep"][0]["ppl"] for r in a7]))
-    # at full compute the dense 3-layer model (6.5) beats every early-exit model's last layer
-    assert all(r["verdict"] == NOT_REPRODUCED for r in rows if r["compute"] == 1)
+def test_claim_1_is_inconclusive_when_the_paired_differences_straddle_zero(well):
+    # well-trained regime: A − B = −0.3 · (−1)^seed = −0.3, +0.3, −0.3, +0.3, −0.3
+    first = claims.evaluate(well)[0]
+    diffs = [-WELL_B_SWING * (-1) ** s for s in range(5)]
+    mean, lo, hi = t_interval(diffs)
+    assert lo < 0 < hi
+    stat = first.comparisons[0][1].stat
+    assert (stat.mean, stat.lo, stat.hi) == pytest.approx((mean, lo, hi))
+    assert first.verdict == INCONCLUSIVE
 
 
-def test_ppl_at_compute_interpolates_and_refuses_outside(exp):
-    record = exp[0]
-    rows = sorted(record["sweep"], key=lambda r: r["compute_frac"])
-    mid = (rows[3]["compute_frac"] + rows[4]["compute_frac"]) / 2
-    assert audit.ppl_at_compute(record, mid) == pytest.approx((rows[3]["ppl"] + rows[4]["ppl"]) / 2)
-    assert math.isnan(audit.ppl_at_compute(record, 0.1))
+def test_regime_reports_setting_a_at_07_means_over_its_own_seeds(exp, well):
+    doc = claims.regime(exp)
+    # A at α = 0.7 ran 5..9 epochs (mean 7); every other configuration ran 20
+    assert doc.epochs_a7 == pytest.approx(7.0)
+    assert doc.seeds == 5
+    mean, lo, hi = t_interval([M[s] * 7.0 * 1.1 for s in range(5)])
+    assert (doc.ppl_a7.mean, doc.ppl_a7.lo, doc.ppl_a7.hi) == pytest.approx((mean, lo, hi))
+    text = claims.texts({"doc": doc, "well": claims.regime(well)}, "en")
+    assert text["cl_epochs_doc"] == "7.0" and text["cl_epochs_well"] == "7.0"
+    assert text["cl_ppl_a7_doc"] == f"{mean:.2f} ± {hi - mean:.2f}"
+    assert text["cl_1_verdict"] == "**reproduced**" and text["cl_1_verdict_regimes"] == "inconclusive"
+    assert (text["cl_max_epochs"], text["cl_patience"]) == ("20", "3")
 
 
-def test_alpha_grid_tables(results):
-    records = audit.grid_records("alpha", results)
-    assert audit.best_alpha(records, "A") == 0.7  # the designed minimum among the grid's values
-    table = audit.alpha_table(records, "en")
-    assert len(table.splitlines()) == 2 + 11
-    # at α = 0.7 the designed A is better than B and lets more tokens exit (claim 1 holds, claim 4 fails);
-    # routed PPL at τ = 0.95 is base · (1 + 2 · shallow), shallow = 0.05 for A and 0.05² for B
-    ppl, shallow = audit.alpha_claims(records, 0.7)
-    assert ppl.stat.mean == pytest.approx(7.0 * (1 + 2 * 0.05) - 8.0 * (1 + 2 * 0.05 ** 2))
-    assert (ppl.verdict, shallow.verdict) == (REPRODUCED, NOT_REPRODUCED)
-    assert shallow.stat.mean == pytest.approx((1 - 0.95) ** 2 - (1 - 0.95))
-    assert "B exits more?" in table.splitlines()[0]
+def test_claims_tables_show_every_comparison_in_both_languages(exp, well):
+    by_regime = {"doc": claims.regime(exp), "well": claims.regime(well)}
+    lines = claims.claims_table(by_regime["doc"].claims, "en").splitlines()
+    assert len(lines) == 2 + 1 + 2 + 8 + 1
+    assert lines[-1].endswith("| 0/5 | **not reproduced** |") and "pp [" in lines[-1]
+    ja = claims.claims_table(by_regime["doc"].claims, "ja")
+    assert "**再現**" in ja and "**非再現**" in ja and "pt [" in ja and " pp" not in ja
+    summary = claims.summary_table(by_regime, "en").splitlines()
+    assert summary[0].count("|") == 5 and "patience 3" in summary[0]
+    assert summary[2].endswith("| **reproduced** | inconclusive |")
 
 
-def test_measures_table_and_figures(results, exp):
-    analyses = audit.grid_analyses(exp, results)
-    table = audit.measures_table(exp, analyses, "en")
-    assert len(table.splitlines()) == 2 + 2 * 5
-    dense = audit.grid_records("dense", results)
+# --- the landing page ------------------------------------------------------------------------------
+def test_landing_judges_a_against_b_paired_where_an_unpaired_interval_would_not(results, published):
+    g = landing.load(core.book_grid(results), published, results)
+    a = [M[s] * 7.0 * 1.1 for s in range(5)]
+    b = [M[s] * 8.0 * 1.005 for s in range(5)]
+    # unpaired (Welch): the seed factor's spread swamps the difference, the interval contains zero
+    va, vb = np.var(a, ddof=1) / 5, np.var(b, ddof=1) / 5
+    dof = (va + vb) ** 2 / (va ** 2 / 4 + vb ** 2 / 4)
+    half = scipy_stats.t.ppf(0.975, dof) * math.sqrt(va + vb)
+    assert np.mean(a) - np.mean(b) - half < 0 < np.mean(a) - np.mean(b) + half
+    mean, lo, hi = t_interval(np.subtract(a, b))  # paired: below zero
+    assert g.a_vs_b.verdict == REPRODUCED and g.a_vs_b_case == REPRODUCED
+    assert landing.texts(g, "en")["gl_ab_diff"] == f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def test_landing_a_against_b_is_claim_1_on_the_same_records(exp, well):
+    for records, expected in ((exp, REPRODUCED), (well, INCONCLUSIVE)):
+        assert landing.a_vs_b(records).verdict == claims.evaluate(records)[0].verdict == expected
+
+
+def test_landing_summarises_every_chapter(results, published):
+    g = landing.load(core.book_grid(results), published, results)
+    text = landing.texts(g, "en")
+    assert text["gl_claims"] == "**reproduced**: 1, 2, 3; **not reproduced**: 4"
+    assert landing.texts(g, "ja")["gl_claims"] == "主張1、2、3は**再現**、主張4は**非再現**"
+    assert (text["gl_fx_verdict"], text["gl_fx_closer"], text["gl_fx_numbers"]) == ("supported", "26", "26")
+    assert (text["gl_equal_wins"], text["gl_equal_pairs"]) == ("8", "8")
+    assert g.gap.verdict == REPRODUCED and g.gap.stat.mean == pytest.approx(0.5)
+    assert (text["gl_large_speedup"], text["gl_large_theory"], text["gl_large_layers"]) == ("1.80×", "2.00×", "12")
+    assert landing.texts(g, "ja")["gl_large_speedup"] == "1.80倍"
+    assert (text["n_runs"], text["n_cells"], text["seeds"]) == ("20", "4", "5")
+    assert text["gl_alpha_verdict"] == "**reproduced**"
+
+
+# --- forensics -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fx(results):
+    return forensics.load(results)
+
+
+def test_every_published_number_is_set_beside_both_corpora(fx):
+    assert len(fx.matches) == 2 * (4 + 9)  # PPL and Shallow of the 4 results rows and the 9 threshold rows
+    a7 = next(m for m in fx.matches if (m.setting, m.alpha, m.threshold, m.metric) == ("A", 0.7, None, "ppl"))
+    assert a7.published == 22.95
+    assert a7.runs["placeholder"] == pytest.approx([22.95 * M[s] for s in range(5)])
+    # the sweep rows read the last epoch's weights (20% worse by design)
+    t5 = next(m for m in fx.matches if (m.setting, m.alpha, m.threshold, m.metric) == ("A", 0.7, 0.5, "ppl"))
+    assert t5.runs["wikitext-2"] == pytest.approx([1.2 * 7.0 * M[s] * 2.0 for s in range(5)])
+
+
+def test_placeholder_hypothesis_follows_the_two_thirds_rule(fx):
+    assert all(m.closer == "placeholder" for m in fx.matches)
+    assert forensics.placeholder_verdict(fx.matches) == forensics.SUPPORTED
+    ppl = [m for m in fx.matches if m.metric == "ppl"]
+
+    def moved(m, factor):  # the placeholder runs pushed far from the published value
+        return forensics.Match(m.setting, m.alpha, m.threshold, m.metric, m.published,
+                               {"wikitext-2": m.runs["wikitext-2"], "placeholder": [x * factor for x in m.runs["placeholder"]]})
+
+    assert forensics.placeholder_verdict([moved(m, 100) for m in ppl]) == forensics.REJECTED
+    half = [moved(m, 100) if i % 2 else m for i, m in enumerate(ppl)]
+    assert forensics.placeholder_verdict(half) == INCONCLUSIVE
+
+
+def test_gaps_follow_the_last_epochs_weights(fx):
+    gap = next(g for g in fx.gaps["placeholder"] if (g.setting, g.metric) == ("A", "ppl"))
+    # sweep (last weights, 1.2×) minus best epoch at τ = 0.95: 0.2 · (routed PPL 22.95 · m) per seed
+    mean, lo, hi = t_interval([0.2 * 22.95 * M[s] for s in range(5)])
+    assert (gap.runs.mean, gap.runs.lo, gap.runs.hi) == pytest.approx((mean, lo, hi))
+    assert gap.doc == pytest.approx(31.46 - 22.95) and gap.same_sign
+    shallow_gap = next(g for g in fx.gaps["placeholder"] if (g.setting, g.metric) == ("A", "shallow_frac"))
+    assert not shallow_gap.same_sign  # the weights do not change who exits in this design: a zero gap
+    table = forensics.gaps_table(fx.gaps["placeholder"], "ja")
+    assert "+7.30 pt" in table and "はい" in table
+
+
+def test_forensics_texts_and_tables(fx):
+    text = forensics.texts(fx, "en")
+    assert (text["fx_runs"], text["fx_seeds"], text["fx_n_numbers"]) == ("40", "5", "26")
+    assert (text["fx_vocab_wikitext"], text["fx_vocab_placeholder"]) == ("180", "30")
+    assert text["fx_verdict"] == "**supported**" and forensics.texts(fx, "ja")["fx_verdict"] == "**支持**"
+    assert (text["fx_gaps_placeholder"], text["fx_gaps_n"]) == ("2", "4")  # the PPL gaps of A and B
+    results_rows = forensics.rows_table(fx, "en", sweep=False).splitlines()
+    sweep_rows = forensics.rows_table(fx, "en", sweep=True).splitlines()
+    assert len(results_rows) == 2 + 4 and len(sweep_rows) == 2 + 9 and "| τ |" in sweep_rows[0]
+    mean, lo, hi = t_interval([22.95 * M[s] for s in range(5)])
+    assert "| A, α=0.7 | 22.95 | " in results_rows[4] and f"{mean:.2f} ± {hi - mean:.2f}" in results_rows[4]
+    evidence = forensics.evidence_table(fx, "en").splitlines()
+    assert evidence[2].startswith("| WikiText-2 | 20 | 180 | 4–19 |")
+
+
+def tick_texts(fig) -> list[str]:
+    fig.canvas.draw()
+    return [t.get_text() for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+            for t in axis.get_ticklabels(which="both") if t.get_text()]
+
+
+def test_log_axes_show_plain_numbers(fx, results):
+    b = beyond.load(results)
     for lang in ("en", "ja"):
-        for fig in (audit.fig_equal_compute(exp, dense, lang), audit.fig_measures(exp, analyses, lang)):
-            assert fig.axes
-    stat = audit.agreement_stat(exp, analyses, ("A", 0.7))
-    assert stat.mean == pytest.approx(0.6) and stat.half == pytest.approx(0.0)
+        for fig in (forensics.figure(fx, lang), beyond.fig_equal_compute(b.exp, b.dense, lang),
+                    beyond.fig_measures(b.exp, b.analyses, lang), beyond.fig_alpha_grid(b.alpha, lang)):
+            labels = tick_texts(fig)
+            assert labels and not [t for t in labels if "$" in t or "×" in t or "^" in t], labels
 
 
-def test_select_is_exact_on_every_field(exp):
-    assert len(audit.select(exp, setting="A")) == 15
-    assert [r["config"]["seed"] for r in audit.select(exp, setting="B", alpha=0.7)] == [0, 1, 2, 3, 4]
-    with pytest.raises(LookupError):
-        audit.select(exp, setting="B", alpha=0.3)
+# --- beyond ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bd(results):
+    return beyond.load(results)
 
 
-def test_verdict_labels_cover_every_outcome():
-    for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE):
-        assert audit.verdict_label(v, "en") and audit.verdict_label(v, "ja")
+def test_equal_compute_against_dense_models(bd):
+    smaller = bd.smaller
+    assert len(smaller) == 2 * 4 and all(r.comparison.verdict == REPRODUCED for r in smaller)
+    # at one third of the compute every character exits: the sweep's PPL at τ = 0 (shallow 1 → × 3)
+    third = next(r for r in smaller if r.n_layers == 1 and r.cell == ("A", 0.7))
+    assert third.comparison.diffs == pytest.approx([M[s] * (7.0 * 3 - 30.0) for s in range(5)])
+    # at full compute the last layer of each early-exit model is worse than the dense 6.5
+    assert all(r.comparison.verdict == NOT_REPRODUCED for r in bd.equal if r.compute == 1)
+    assert bd.answer == "all"
+    text = beyond.texts(bd, "en")
+    assert (text["bd_pairs"], text["bd_wins"], text["bd_losses"], text["bd_undecided"]) == ("8", "8", "0", "0")
+
+
+def test_measures_and_agreement(bd):
+    found = bd.at25.best_usable
+    # matched curves: ppl · (1 + k · f); the margin (k = 1.5) is lowest, the document's rule (k = 2) next
+    assert found.key == "margin" and found.closest == "max_prob" and found.verdict == REPRODUCED
+    f = bd.at25.fraction
+    assert f == pytest.approx(0.25)
+    assert found.against["max_prob"].diffs == pytest.approx([-0.5 * f * 7.0 * M[s] for s in range(5)])
+    text = beyond.texts(bd, "en")
+    assert float(text["bd_maxprob_25"]) == pytest.approx(7.0 * (1 + 2 * f), abs=0.006)
+    assert float(text["bd_oracle_25"]) == pytest.approx(7.0 * (1 + 0.5 * f), abs=0.006)
+    assert text["bd_best_measure"] == "top-1 − top-2 margin" and text["bd_agree_a"] == "60.0 ± 0.0%"
+    assert len(beyond.measures_table(bd.exp, bd.analyses, "en").splitlines()) == 2 + 2 * 5
+
+
+def test_alpha_grid_claims_and_best_alpha(bd):
+    # every α of A is routed alike (shallow 0.05), so 0.7 (base 7.0) is below each other α by
+    # m · 1.1 · (7.0 − base): base 7.2 for the new α, 7.5 and 8.0 for 0.5 and 0.3; three seeds
+    best = bd.best[("A", "ppl")]
+    assert best.key == 0.7
+    to_new = t_interval([M[s] * 1.1 * (7.0 - 7.2) for s in range(3)])  # −0.11, −0.22, −0.33
+    to_03 = t_interval([M[s] * 1.1 * (7.0 - 8.0) for s in range(3)])  # −0.55, −1.1, −1.65
+    assert to_new[1] < 0 < to_new[2] and 0 < to_new[2] < to_03[2]  # three seeds: neither interval excludes 0
+    assert best.verdict == INCONCLUSIVE
+    assert best.closest == 0.3  # the highest upper end: the comparison least clearly won
+    assert best.against[0.4].stat.hi == pytest.approx(to_new[2])
+    # B: 7.2 at every α but 0.7 (8.0); the lowest mean ties with nine others, differences exactly 0
+    assert bd.best[("B", "ppl")].key != 0.7 and bd.best[("B", "ppl")].verdict == INCONCLUSIVE
+    ppl, shallow_c = beyond.alpha_claims(bd.alpha, 0.7)
+    diffs = [M[s] * (7.0 * 1.1 - 8.0 * 1.005) for s in range(3)]
+    assert ppl.diffs == pytest.approx(diffs)
+    assert ppl.verdict == (REPRODUCED if t_interval(diffs)[2] < 0 else INCONCLUSIVE)
+    assert shallow_c.diffs == pytest.approx([0.05 ** 2 - 0.05] * 3) and shallow_c.verdict == NOT_REPRODUCED
+    text = beyond.texts(bd, "en")
+    assert (text["bd_best_alpha_a"], text["bd_best_alpha_a_deep"], text["bd_alpha_seeds"]) == ("0.7", "0.7", "3")
+    # B exits fewer characters than A at every α, by the same amount in every seed
+    assert (text["bd_alpha_n"], text["bd_alpha_a_exits_more"], text["bd_alpha_b_exits_more"]) == ("11", "11", "0")
+    table = beyond.alpha_table(bd.alpha, "en").splitlines()
+    assert len(table) == 2 + 11 and "B exits more?" in table[0]
+    assert len(beyond.best_alpha_table(bd.best, "ja").splitlines()) == 2 + 4
+
+
+# --- real early exit -------------------------------------------------------------------------------
+def test_real_exit_gap_is_judged_by_seed(results):
+    r = real_exit.load(results)
+    mean, lo, hi = t_interval([REAL_GAP[s] for s in range(5)])
+    assert (r.gap.stat.mean, r.gap.stat.lo, r.gap.stat.hi) == pytest.approx((mean, lo, hi))
+    assert r.gap.verdict == REPRODUCED
+    swinging = {rec["run_id"]: {"real_exit": [{"threshold": 0.5, "sim_ppl": 7.0,
+                                               "ppl": 7.0 + 0.1 * (-1) ** rec["config"]["seed"]}]} for rec in r.a7}
+    assert real_exit.gap(r.a7, swinging).verdict == INCONCLUSIVE  # +0.1, −0.1, +0.1, −0.1, +0.1
+    text = real_exit.texts(r, "en")
+    sim = [7.0 * M[s] * (1 + 2 * 0.5) for s in range(5)]  # setting A at τ = 0.5
+    assert text["rx_sim_05"] == f"{np.mean(sim):.2f} ± {t_interval(sim)[2] - np.mean(sim):.2f}"
+    assert text["rx_large_speedup"] == "1.80×" and real_exit.texts(r, "ja")["rx_large_speedup"] == "1.80倍"
+    assert text["rx_large_batch"] == "16: 1.20× / 2.00×"
+    assert (r.target_case, r.batch_case) == ("meets", "shrinks")
 
 
 def test_bench_table_shows_the_spread_of_the_timed_runs():
-    def row(threshold, times):
-        return {"model": "default", "n_layers": 3, "dim": 64, "batch": 1, "threshold": threshold,
-                "shallow_frac": 0.5, "compute_frac": 0.5, "flop_compute_frac": 0.6, "tokens_per_s": 1.0,
-                "speedup": 2.0, "theoretical_speedup": 2.0, "ratio": 1.0, "times_s": times}
-    bench = {"rows": [row(None, [1.0, 1.2, 0.8]), row(0.5, [0.4, 0.5, 0.625])]}
     # against the median full-depth run (1.0 s): 1.0/0.625 = 1.6 to 1.0/0.4 = 2.5
-    assert audit.speedup_range(bench, bench["rows"][1]) == pytest.approx((1.6, 2.5))
-    table = audit.bench_table(bench, "en")
-    assert "2.00× (1.60–2.50)" in table and "full depth" in table
+    assert real_exit.speedup_range(BENCH, BENCH["rows"][1]) == pytest.approx((1.6, 2.5))
+    table = real_exit.bench_table(BENCH, "en")
+    assert "1.80× (1.60–2.50)" in table and "full depth" in table
+    assert "文字/秒" in real_exit.bench_table(BENCH, "ja")
+
+
+def test_samples_mark_the_characters_that_exited():
+    out = real_exit.samples_html([{"threshold": 0.5, "prompt": "<p", "text": "xy", "layers": [1, 3]}], 1)
+    assert f'<span style="background:{real_exit.EXIT_COLOR}">x</span>' in out
+    assert '<span style="background:transparent">y</span>' in out and "&lt;p" in out

@@ -1,18 +1,33 @@
-"""WikiText-2 at the character level, through the `datasets` library.
+"""WikiText-2 at the character level: read by content, with the provenance of every text a run uses.
 
 Source order: the folder named by the environment variable EASE_DATA_DIR (holding train.txt,
 valid.txt and test.txt, the tokenized "wikitext-2-v1" release), else the Hugging Face hub
-dataset Salesforce/wikitext, config wikitext-2-v1 (the same text). A corpus may also be any
-folder with train.txt and valid.txt. Missing data is an error; no text is ever made up.
+dataset Salesforce/wikitext, config wikitext-2-v1 (the same text), through the `datasets`
+library. A corpus may also be any folder with train.txt and valid.txt. Missing data is an
+error; no text is ever made up.
 
-The one exception is asked for by name: corpus "placeholder" is the text the original
-experiment code trained on, without a warning, when its data files were missing (see
-`placeholder_text`). It exists to test whether the published numbers came from it; it is never
-a fallback.
+Local files are read as bytes and decoded as strict UTF-8, every time: never through the
+`datasets` text builder, whose cache is keyed on a file's path and modification time and so can
+serve the old text of a file edited with its time restored. A missing, empty or undecodable file
+is a `DataError` (a ValueError) whose one-line message names the file; a missing one is also a
+`DataNotFoundError` (a FileNotFoundError).
+
+Provenance (`data_provenance`) says where a run's text came from and what it was: the SHA-256 of
+the exact train and validation text used (the prefixes), of the whole test split, and a short
+`fingerprint` over the three. The fingerprint is part of a run's identity (see ease.records).
+`check_data` is the cheap check before a grid starts: present, decodable, non-empty.
+
+The one exception to "no text made up" is asked for by name: corpus "placeholder" is the text
+the original experiment code trained on, without a warning, when its data files were missing
+(see `placeholder_text`). It exists to test whether the published numbers came from it; it is
+never a fallback.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,37 +44,24 @@ PLACEHOLDER = "placeholder"
 # sentence is 36 characters long, yet the original divided by 35, so its text overshoots).
 PLACEHOLDER_SENTENCES = {"train": ("The quick brown fox jumps over the lazy dog. ", 45),
                          "valid": ("A quick brown dog runs in the park. ", 35)}
+SOURCES = ("local", "hub", "placeholder")
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataError(ValueError):
+    """The corpus cannot be used: missing, empty, not UTF-8, or shorter than asked. One line, naming the file."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
     """The corpus could not be found in any of the places it may come from."""
 
 
-def _read_folder(folder: Path, split: str) -> str:
-    """One split of a local folder, read through the `datasets` text builder (lines kept whole)."""
-    import datasets
-
-    path = folder / SPLIT_FILES[split]
-    if not path.is_file():
-        raise DataNotFoundError(f"{path} does not exist; the folder must hold {', '.join(SPLIT_FILES.values())}")
-    datasets.disable_progress_bars()
-    ds = datasets.load_dataset("text", data_files={split: str(path)}, split=split, keep_linebreaks=True)
-    return "".join(ds["text"])
+def _folder_hint() -> str:
+    return (f"Point it at a copy of WikiText-2 holding {', '.join(SPLIT_FILES.values())}, or unset it to load "
+            f"the hub dataset {HUB_DATASET[0]} (config {HUB_DATASET[1]}).")
 
 
-def _read_hub(split: str) -> str:
-    import datasets
-
-    name, config = HUB_DATASET
-    hub_split = {"valid": "validation"}.get(split, split)
-    ds = datasets.load_dataset(name, config, split=hub_split)
-    return "".join(ds["text"])  # each row is one line of the release, newline included
-
-
-def load_split(split: str, corpus: str = "wikitext-2") -> str:
-    """The full text of one split ("train", "valid" or "test")."""
-    if split not in SPLIT_FILES:
-        raise ValueError(f"unknown split {split!r}: use one of {sorted(SPLIT_FILES)}")
+def _local_folder(corpus: str) -> Path | None:
+    """The folder a corpus is read from, or None for the hub (checked to exist)."""
     if corpus == PLACEHOLDER:
         raise ValueError("the placeholder corpus has no fixed split text; use load_corpus or placeholder_text")
     if corpus != "wikitext-2":
@@ -67,26 +69,69 @@ def load_split(split: str, corpus: str = "wikitext-2") -> str:
         if not folder.is_dir():
             raise DataNotFoundError(f"corpus folder {folder} does not exist (a corpus is 'wikitext-2' or a folder "
                                     f"holding {', '.join(SPLIT_FILES.values())})")
-        return _read_folder(folder, split)
+        return folder
     local = os.environ.get(DATA_ENV)
-    if local:
-        folder = Path(local).expanduser()
-        if not folder.is_dir():
-            raise DataNotFoundError(f"{DATA_ENV}={local} is not a folder. Point it at a copy of WikiText-2 "
-                                    f"holding {', '.join(SPLIT_FILES.values())}, or unset it to load the hub dataset "
-                                    f"{HUB_DATASET[0]} (config {HUB_DATASET[1]}).")
-        if not (folder / SPLIT_FILES[split]).is_file():
-            raise DataNotFoundError(f"{DATA_ENV}={local} has no {SPLIT_FILES[split]}. Point it at a copy of WikiText-2 "
-                                    f"holding {', '.join(SPLIT_FILES.values())}, or unset it to load the hub dataset "
-                                    f"{HUB_DATASET[0]} (config {HUB_DATASET[1]}).")
-        return _read_folder(folder, split)
+    if not local:
+        return None
+    folder = Path(local).expanduser()
+    if not folder.is_dir():
+        raise DataNotFoundError(f"{DATA_ENV}={local} is not a folder. {_folder_hint()}")
+    return folder
+
+
+def _read_file(folder: Path, split: str, corpus: str) -> str:
+    """One split of a local folder: its bytes as strict UTF-8, exactly (line ends included)."""
+    path = folder / SPLIT_FILES[split]
+    if not path.is_file():
+        if corpus == "wikitext-2":
+            raise DataNotFoundError(f"{DATA_ENV}={os.environ.get(DATA_ENV)} has no {SPLIT_FILES[split]}. "
+                                    f"{_folder_hint()}")
+        raise DataNotFoundError(f"{path} does not exist; the folder must hold {', '.join(SPLIT_FILES.values())}")
     try:
-        return _read_hub(split)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+    if not raw:
+        raise DataError(f"{path} is empty: each split file needs text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at byte offset {exc.start} "
+                        f"cannot be decoded ({exc.reason})") from None
+
+
+def _hub_revision(ds) -> str:
+    """Best effort: the hub commit `datasets` resolved (a 40-hex folder of its cache paths), else the
+    dataset's own fingerprint, else "unknown"."""
+    for entry in getattr(ds, "cache_files", None) or []:
+        for part in Path(str(entry.get("filename", ""))).parts:
+            if re.fullmatch(r"[0-9a-f]{40}", part):
+                return part
+    return str(getattr(ds, "_fingerprint", None) or "unknown")
+
+
+def _read_hub(split: str) -> tuple[str, str]:
+    """One split of the hub dataset and the revision it came from."""
+    import datasets
+
+    name, config = HUB_DATASET
+    hub_split = {"valid": "validation"}.get(split, split)
+    try:
+        ds = datasets.load_dataset(name, config, split=hub_split)
     except Exception as exc:  # any hub failure (offline, blocked, missing) means: no data here
         raise DataNotFoundError(
             "WikiText-2 could not be loaded. Either set EASE_DATA_DIR to a folder holding train.txt, valid.txt "
             "and test.txt (the tokenized wikitext-2-v1 release), or allow access to the Hugging Face hub "
             f"dataset {HUB_DATASET[0]} (config {HUB_DATASET[1]}). Hub error: {exc}") from exc
+    return "".join(ds["text"]), _hub_revision(ds)  # each row is one line of the release, newline included
+
+
+def load_split(split: str, corpus: str = "wikitext-2") -> str:
+    """The full text of one split ("train", "valid" or "test")."""
+    if split not in SPLIT_FILES:
+        raise ValueError(f"unknown split {split!r}: use one of {sorted(SPLIT_FILES)}")
+    folder = _local_folder(corpus)
+    return _read_file(folder, split, corpus) if folder is not None else _read_hub(split)[0]
 
 
 def placeholder_text(split: str, chars: int) -> str:
@@ -103,11 +148,13 @@ def placeholder_text(split: str, chars: int) -> str:
 
 @dataclass
 class CharCorpus:
-    """Character-level train and validation ids with their vocabulary."""
+    """Character-level train and validation ids with their vocabulary (and, from `load_corpus`, the
+    provenance of the text they encode: see `data_provenance`)."""
 
     vocab: list[str]
     train_ids: torch.Tensor
     val_ids: torch.Tensor
+    provenance: dict | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -133,20 +180,114 @@ def build_corpus(train_text: str, val_text: str, vocab_from: str = "train+valid"
     return CharCorpus(vocab, encode(train_text), encode(val_text))
 
 
-def load_corpus(corpus: str = "wikitext-2", train_chars: int = 200_000, val_chars: int = 20_000,
-                vocab_from: str = "train+valid") -> CharCorpus:
-    """The first `train_chars` of the train split and the first `val_chars` of the validation split.
+# --- the text a run uses, and its provenance --------------------------------------------------
+PLACEHOLDER_LOCATION = "ease.data.placeholder_text"
+
+
+def sha256_text(text: str | None) -> str | None:
+    """SHA-256 of a text's UTF-8 bytes (for a local split read whole: the file's own SHA-256)."""
+    return None if text is None else hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fingerprint(sha256: dict) -> str:
+    """A short identity of a text triple: the first 16 hex digits of the SHA-256 of its split hashes
+    as canonical JSON (`json.dumps(sha256, sort_keys=True)`, a missing test split as null)."""
+    return hashlib.sha256(json.dumps(sha256, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CorpusText:
+    """Texts and where they came from. `test` is None where the corpus has no test split (the
+    placeholder, or a corpus folder without test.txt): runs never use it, it is recorded to say which
+    release the data is."""
+
+    train: str
+    valid: str
+    test: str | None
+    source: str  # one of SOURCES
+    location: str  # the folder, "Salesforce/wikitext wikitext-2-v1@<revision>", or PLACEHOLDER_LOCATION
+
+    def provenance(self) -> dict:
+        hashes = {"train": sha256_text(self.train), "valid": sha256_text(self.valid), "test": sha256_text(self.test)}
+        return {"source": self.source, "location": self.location, "sha256": hashes, "fingerprint": fingerprint(hashes)}
+
+
+def _whole_splits(corpus: str) -> CorpusText:
+    """Every split of a (non-placeholder) corpus, whole."""
+    folder = _local_folder(corpus)
+    if folder is None:
+        (train, revision), (valid, _), (test, _) = (_read_hub(s) for s in ("train", "valid", "test"))
+        name, config = HUB_DATASET
+        return CorpusText(train, valid, test, "hub", f"{name} {config}@{revision}")
+    test = _read_file(folder, "test", corpus) if (folder / SPLIT_FILES["test"]).is_file() else None
+    return CorpusText(_read_file(folder, "train", corpus), _read_file(folder, "valid", corpus), test, "local",
+                      str(folder.resolve()))
+
+
+def corpus_text(corpus: str = "wikitext-2", train_chars: int = 200_000, val_chars: int = 20_000) -> CorpusText:
+    """The exact text a run of these sizes trains and validates on: the first `train_chars` of the train
+    split and the first `val_chars` of the validation split (read once, so text and provenance agree).
 
     For the "placeholder" corpus the sizes go through the original code's formula instead.
     """
     if corpus == PLACEHOLDER:
-        return build_corpus(placeholder_text("train", train_chars), placeholder_text("valid", val_chars), vocab_from)
-    train_text = load_split("train", corpus)[:train_chars]
-    val_text = load_split("valid", corpus)[:val_chars]
-    if len(train_text) < train_chars or len(val_text) < val_chars:
-        raise ValueError(f"corpus {corpus!r} is shorter than asked: train {len(train_text)} < {train_chars} "
-                         f"or valid {len(val_text)} < {val_chars} characters")
-    return build_corpus(train_text, val_text, vocab_from)
+        return CorpusText(placeholder_text("train", train_chars), placeholder_text("valid", val_chars), None,
+                          "placeholder", PLACEHOLDER_LOCATION)
+    whole = _whole_splits(corpus)
+    short = [f"its {split} split has {len(text)} characters, {wanted - len(text)} fewer than {name}={wanted}"
+             for split, text, name, wanted in (("train", whole.train, "train_chars", train_chars),
+                                               ("valid", whole.valid, "val_chars", val_chars))
+             if len(text) < wanted]
+    if short:
+        raise DataError(f"corpus {corpus!r} ({whole.location}) is shorter than asked: {'; '.join(short)}")
+    return CorpusText(whole.train[:train_chars], whole.valid[:val_chars], whole.test, whole.source, whole.location)
+
+
+def data_provenance(corpus: str = "wikitext-2", train_chars: int = 200_000, val_chars: int = 20_000) -> dict:
+    """Where a run's text comes from and what it is, as records keep it::
+
+        {"source": "local" | "hub" | "placeholder",
+         "location": <folder> | "Salesforce/wikitext wikitext-2-v1@<revision>" | "ease.data.placeholder_text",
+         "sha256": {"train": <of the train text used>, "valid": <of the validation text used>,
+                    "test": <of the whole test split, or None>},
+         "fingerprint": <16 hex digits over the three, see `fingerprint`>}
+
+    Raises DataError (one line, naming the file) when the data is missing, empty, undecodable or short.
+    """
+    return corpus_text(corpus, train_chars, val_chars).provenance()
+
+
+def check_data(corpus: str = "wikitext-2") -> dict:
+    """The check before a grid starts (stable interface): every split of `corpus` present, non-empty
+    and UTF-8 (the test split only if the corpus has one). Returns the whole splits' description::
+
+        {"source", "location", "chars": {"train": n, "valid": n, "test": n | None},
+         "sha256": {split: hash of the whole split | None}, "fingerprint": 16 hex digits | None}
+
+    This fingerprint is of the whole splits; a run's record holds that of the prefixes it used
+    (`data_provenance`). The placeholder corpus needs no data: its entries are None. Raises DataError
+    (DataNotFoundError when missing) with a one-line message naming the file.
+    """
+    if corpus == PLACEHOLDER:
+        none = dict.fromkeys(SPLIT_FILES)
+        return {"source": "placeholder", "location": PLACEHOLDER_LOCATION, "chars": none, "sha256": dict(none),
+                "fingerprint": None}
+    whole = _whole_splits(corpus)
+    texts = {"train": whole.train, "valid": whole.valid, "test": whole.test}
+    return {**whole.provenance(), "chars": {k: None if v is None else len(v) for k, v in texts.items()}}
+
+
+def load_corpus(corpus: str = "wikitext-2", train_chars: int = 200_000, val_chars: int = 20_000,
+                vocab_from: str = "train+valid") -> CharCorpus:
+    """The first `train_chars` of the train split and the first `val_chars` of the validation split,
+    encoded, with the text's provenance (`data_provenance`) in `provenance`.
+
+    For the "placeholder" corpus the sizes go through the original code's formula instead.
+    """
+    text = corpus_text(corpus, train_chars, val_chars)
+    corpus_ids = build_corpus(text.train, text.valid, vocab_from)
+    corpus_ids.provenance = text.provenance()
+    return corpus_ids
 
 
 def make_batches(ids: torch.Tensor, seq_len: int, batch_size: int, shuffle: bool = False,

@@ -83,7 +83,16 @@ def load_grid(name_or_path: str | Path) -> dict:
     suffix = path.suffix.lower()
     if suffix not in (".json", ".yaml", ".yml"):
         raise GridError(f"grid file {path} must end in .yaml, .yml or .json")
-    return _parse(path.read_text(encoding="utf-8"), suffix, f"grid file {path}")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise GridError(f"grid file {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GridError(f"grid file {path} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at byte offset "
+                        f"{exc.start} cannot be decoded") from None
+    return _parse(text, suffix, f"grid file {path}")
 
 
 def _parse(text: str, suffix: str, where: str) -> dict:

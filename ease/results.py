@@ -1,8 +1,11 @@
-"""Run records: one JSON file per run under <results>/runs/, written atomically.
+"""Run records: one JSON file per run under <results>/runs/, written atomically, read validated.
 
-A record is {"run_id", "config", "metrics", "sweep", "history", "env", "timing"}. Records are
-written last, after the checkpoint, through a temporary file and a rename, so a record on disk
-always belongs to a finished run; an interrupted run leaves no record and is simply run again.
+A record is {"schema_version", "run_id", "config", "metrics", "sweep", "history", "env", "timing",
+"provenance"}: its schema, validation and migration are ease.records'. Records are written last,
+after the checkpoint, through a temporary file and a rename, so a record on disk always belongs to
+a finished run; an interrupted run leaves no record and is simply run again. Every reader here
+checks every record it reads and names the file of a bad one; `load_records` also refuses two
+files holding one run. `find_record` with a data fingerprint refuses a record made on other text.
 """
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ from typing import Any
 import pandas as pd
 
 from ease.config import RunConfig
+from ease.records import RecordError, check_file_name, load_record, read_json
+
+FILE_MODE = 0o644  # readable by all, as files written by a plain open() are (mkstemp makes 0600)
 
 
 # The results folder's layout, defined here only:
@@ -64,6 +70,7 @@ def atomic_write(path: str | Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -78,25 +85,37 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode()))
 
 
-def read_record(path: str | Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"run record {path} is not valid JSON ({exc}); delete it to re-run that run") from exc
+# Any JSON file of a results folder, read with errors that name it (ease.analysis reads its files with it).
+read_record = read_json
 
 
-def find_record(config: RunConfig, results_dir: str | Path) -> dict | None:
-    """The finished record of exactly this config, or None."""
+def find_record(config: RunConfig, results_dir: str | Path, fingerprint: str | None = None) -> dict | None:
+    """The finished record of exactly this config, or None when there is none.
+
+    A record there that is bad (see ease.records.check_record) or holds another config is a
+    RecordError (a ValueError) naming the file. With `fingerprint` (``ease.data.data_provenance(...)
+    ["fingerprint"]`` of the text this run would use), a record made on other text, or one that does
+    not say which text it was made on, is not "finished" for this text: a RecordError naming the file
+    and both fingerprints.
+    """
     path = record_path(results_dir, config.run_id)
     if not path.exists():
         return None
-    record = read_record(path)
-    try:  # through RunConfig, so records made before a field existed read it as its default
-        same = RunConfig.from_dict(record["config"]) == config
-    except (KeyError, TypeError, ValueError):
-        same = False
-    if not same:
-        raise ValueError(f"run record {path} holds a different config than its id says; delete it to re-run")
+    record = load_record(path)
+    if RunConfig.from_dict(record["config"]) != config:
+        raise RecordError(f"run record {path} holds a different config than its id says; delete it to re-run")
+    data = record["provenance"]["data"]
+    if fingerprint is not None and data is None:
+        raise RecordError(
+            f"run record {path} does not say which text it was made on (schema 1, before provenance), so it "
+            f"cannot count as finished for this text (fingerprint {fingerprint}). If it was made on this text, "
+            f"record that with python -m ease.records migrate {results_dir}; else delete it or use another "
+            "--results folder")
+    if fingerprint is not None and data["fingerprint"] != fingerprint:
+        raise RecordError(
+            f"run record {path} was made on other text (data fingerprint {data['fingerprint']}, from "
+            f"{data['location']}) than this run's (fingerprint {fingerprint}): use another --results folder "
+            "for runs on this text, or delete that record to re-run it here")
     return record
 
 
@@ -105,14 +124,40 @@ def record_files(results_dir: str | Path) -> list[Path]:
 
 
 def load_records(results_dir: str | Path) -> list[dict]:
-    """Every record, its config completed with today's fields (records made before a field
-    existed get its default, as `find_record` and the run ids read them)."""
-    records = []
+    """Every record of a results folder, checked (ease.records.check_record: a bad one is a
+    RecordError naming its file; two files holding one run are an error naming both), at the current
+    schema, with its config completed with today's fields (records made before a field existed get
+    its default, as `find_record` and the run ids read them)."""
+    records, seen = [], {}
     for path in record_files(results_dir):
-        record = read_record(path)
+        record = load_record(path, check_name=False)
+        if record["run_id"] in seen:
+            raise RecordError(f"run records {seen[record['run_id']]} and {path} both hold run {record['run_id']}; "
+                              "delete the copy (a run counted twice would count as two seeds)")
+        seen[record["run_id"]] = path
+        records.append((path, record))
+    for path, record in records:
+        check_file_name(record, path)  # checked once no other file holds the run: a copy is named as one
         record["config"] = RunConfig.from_dict(record["config"]).to_dict()
-        records.append(record)
-    return records
+    return [record for _, record in records]
+
+
+def notebook_complete(path: str | Path) -> bool:
+    """Whether `path` is a notebook papermill executed to the end without error (a run's lab notebook).
+
+    False when the file is missing or not a notebook, when papermill never finished it (no end time: a
+    kill cut it off, or it is still running), when it recorded an exception, or when any code cell's
+    papermill status is not "completed" (cells left "pending" or "running" by a kill, or "failed").
+    """
+    try:
+        nb = json.loads(Path(path).read_text(encoding="utf-8"))
+        run = nb["metadata"]["papermill"]
+        code_cells = [c for c in nb["cells"] if c.get("cell_type") == "code"]
+        statuses = [c["metadata"]["papermill"]["status"] for c in code_cells]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return bool(code_cells) and run.get("end_time") is not None and not run.get("exception") \
+        and all(status == "completed" for status in statuses)
 
 
 def load_results(results_dir: str | Path = "results") -> pd.DataFrame:

@@ -17,6 +17,7 @@ from ease.data import CharCorpus, load_corpus, make_batches
 from ease.exits import TokenStats, collect_token_stats, summary, sweep
 from ease.losses import trained_layers, weighted_loss
 from ease.model import EarlyExitLM, ModelConfig
+from ease.records import SCHEMA_VERSION, check_record, code_provenance
 from ease.results import atomic_write, checkpoint_path, find_record, record_path, write_json
 
 
@@ -126,25 +127,29 @@ def run(config: RunConfig, results_dir: str | Path = "results", device: str = "c
         retrain: bool = False, progress: bool = True) -> dict:
     """Train, evaluate and sweep one config; write its checkpoint and record; return the record.
 
-    A finished record of the same config is returned as it is (no retraining) unless `retrain`.
-    `num_threads=1` by default: float sums can depend on the thread count, and one thread per run
-    is also what the pipeline gives each worker. None leaves torch's setting alone.
+    A finished record of the same config made on the same text (its data fingerprint, see
+    ease.data.data_provenance) is returned as it is (no retraining) unless `retrain`; one made on
+    other text is an error (ease.results.find_record). So the data is read first, even for a
+    finished run. `num_threads=1` by default: float sums can depend on the thread count, and one
+    thread per run is also what the pipeline gives each worker. None leaves torch's setting alone.
     """
     if not isinstance(config, RunConfig):
         raise TypeError(f"run() needs a RunConfig, got {type(config).__name__}")
-    if not retrain and (record := find_record(config, results_dir)) is not None:
+    corpus = load_corpus(config.corpus, config.train_chars, config.val_chars, config.vocab_from)
+    fingerprint = corpus.provenance["fingerprint"]
+    if not retrain and (record := find_record(config, results_dir, fingerprint)) is not None:
         return record
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        return _train_and_record(config, results_dir, device, progress)
+        return _train_and_record(config, corpus, results_dir, device, progress)
     finally:  # the caller's thread setting is theirs
         torch.set_num_threads(previous_threads)
 
 
-def _train_and_record(config: RunConfig, results_dir: str | Path, device: str, progress: bool) -> dict:
-    corpus = load_corpus(config.corpus, config.train_chars, config.val_chars, config.vocab_from)
+def _train_and_record(config: RunConfig, corpus: CharCorpus, results_dir: str | Path, device: str,
+                      progress: bool) -> dict:
     trained = train_model(config, corpus, device, progress)
     dev = next(trained.model.parameters()).device
 
@@ -162,6 +167,7 @@ def _train_and_record(config: RunConfig, results_dir: str | Path, device: str, p
     eval_s = time.perf_counter() - start
 
     record = {
+        "schema_version": SCHEMA_VERSION,
         "run_id": config.run_id,
         "config": config.to_dict(),
         "metrics": metrics,
@@ -170,7 +176,9 @@ def _train_and_record(config: RunConfig, results_dir: str | Path, device: str, p
         "env": environment(dev),
         "timing": {"train_s": trained.train_s, "eval_s": eval_s,
                    "tokens_per_s": trained.train_tokens / trained.train_s},
+        "provenance": {"data": corpus.provenance, "code": code_provenance()},
     }
+    check_record(record, record_path(results_dir, config.run_id))  # never write a record readers would refuse
     # Checkpoint first, record last: a record on disk means the whole run finished.
     state = {"config": config.to_dict(), "vocab": corpus.vocab,
              "model": {k: v.cpu() for k, v in trained.model.state_dict().items()}}

@@ -2,7 +2,8 @@
 installed package, and real runs through Dask and papermill.
 
 The real runs train smoke-size models (ease.grid.SMOKE) on WikiText-2, so they need the data
-(EASE_DATA_DIR or the hub) and take about a minute on two cores.
+(EASE_DATA_DIR or the hub) and take about a minute on two cores. The faults (kills, lost workers,
+locks, bad inputs) are tested in test_faults.py.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jupytext
@@ -26,6 +26,7 @@ from ease.grid import BOOK_GRIDS, builtin_grids
 from ease.pipeline import (SMOKE, TRAIN_NOTEBOOK, GridError, executed_path, expand_grid,
                            load_grid, main, notebook_config, notebook_parameters, run_grid)
 from ease.results import find_record, record_path, runs_dir
+from fault_hook import read_log
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
@@ -325,76 +326,79 @@ def test_a_record_that_does_not_match_its_id_is_reported_not_overwritten(tmp_pat
     assert json.loads(path.read_text())["config"]["setting"] == "B"
 
 
+# Valid as a config and its data is there, so nothing stops it before it runs; it fails in training:
+# 5,000 validation characters make 78 windows of 64, not one batch of 128.
+FAILS_AT_RUN_TIME = {"batch_size": 128}
+FAILURE_WORDS = "no full batch"
+
+
 def test_run_grid_on_an_existing_cluster_reports_a_failing_run(tmp_path):
     from distributed import LocalCluster
 
-    # valid as a config, fails at run time: its corpus folder does not exist
-    bad = smoke(setting="A", corpus=str(tmp_path / "no-such-corpus"))
+    bad = smoke(setting="A", **FAILS_AT_RUN_TIME)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         summary = run_grid([bad], tmp_path / "results", scheduler=cluster.scheduler_address, progress=False)
     assert not summary.ok and summary.done == [] and summary.skipped == []
     [failed] = summary.failed
-    assert failed["run_id"] == bad.run_id and "no-such-corpus" in failed["error"]
+    assert failed["run_id"] == bad.run_id and FAILURE_WORDS in failed["error"]
     notebook = Path(failed["notebook"])
     assert notebook == executed_path((tmp_path / "results").resolve(), bad.run_id)
-    assert "no-such-corpus" in notebook.read_text()  # the executed notebook holds the traceback
+    assert FAILURE_WORDS in notebook.read_text()  # the executed notebook, sent back by the worker, holds the traceback
     assert str(notebook) in summary.report()
     assert find_record(bad, tmp_path / "results") is None
-
-
-def _training_cell_running(notebook: Path) -> bool:
-    """Whether papermill has saved `notebook` while its training cell (the ease.run call) runs."""
-    try:
-        nb = json.loads(notebook.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or caught mid-write
-        return False
-    for cell in nb["cells"]:
-        if "ease.run(config" in "".join(cell["source"]):
-            return cell["metadata"].get("papermill", {}).get("status") == "running"
-    return False
 
 
 def _stamp(path: Path) -> tuple[int, bytes]:
     return path.stat().st_mtime_ns, path.read_bytes()
 
 
+def hooked_env(log: Path, **rules: str) -> dict[str, str]:
+    """The environment of a pipeline with tests/fault_hook.py as its fault-injection hook."""
+    path = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "EASE_FAULT_HOOK": "fault_hook:hook", "FAULT_LOG": str(log), **rules}
+
+
+def wait_for_kernels(log: Path, timeout: float = 30) -> list:
+    """The processes the hook killed (or left, kernels run in sessions of their own) that are still
+    alive `timeout` seconds later, killed now (the caller asserts there are none)."""
+    family = []
+    for entry in read_log(log):
+        for pid in entry.get("pids", []):
+            try:
+                family.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                pass
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    for p in alive:
+        p.kill()
+    return alive
+
+
 def test_pipeline_survives_a_kill_resumes_skips_finished_runs_and_reports_failures(tmp_path):
     """One grid through the command line, a local cluster of 2 workers and papermill, twice.
 
     Runs: `quick` (1 epoch), `slow` (10 epochs, killed mid-run the first time), and `broken`
-    (a corpus folder that does not exist: a valid config that fails at run time).
+    (a valid config on data that is there, failing at run time). The kill comes from the fault
+    hook at the moment both have happened: quick's record is in place and slow has started training.
     """
     results = tmp_path / "results"
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps({"seeds": 1, "base": SMOKE, "runs": [
         {"setting": "A"},
         {"setting": "B", "max_epochs": 10, "patience": 10},
-        {"setting": "A", "corpus": str(tmp_path / "no-such-corpus")}]}))
+        {"setting": "A", **FAILS_AT_RUN_TIME}]}))
     quick, slow, broken = expand_grid(load_grid(grid))
     command = [sys.executable, "-m", "ease.pipeline", "--grid", str(grid), "--results", str(results), "--workers", "2"]
 
     # 1. quick and slow start together; once quick is recorded and slow is training, kill everything
-    log_path = tmp_path / "first.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 150
-            while not (find_record(quick, results) and _training_cell_running(executed_path(results, slow.run_id))):
-                assert proc.poll() is None, f"the pipeline ended early:\n{log_path.read_text()}"
-                assert time.monotonic() < deadline, f"the slow run never started training:\n{log_path.read_text()}"
-                time.sleep(0.2)
-            family = psutil.Process(proc.pid).children(recursive=True)
-            os.killpg(proc.pid, signal.SIGKILL)  # the pipeline and its workers die at once, as in a crash
-            proc.wait()
-            # the notebook kernels run in sessions of their own: they must notice and exit by themselves
-            _, alive = psutil.wait_procs(family, timeout=30)
-            for p in alive:
-                p.kill()
-            assert not alive, f"processes left running after the pipeline was killed: {alive}"
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    hook_log = tmp_path / "hook.jsonl"
+    env = hooked_env(hook_log, FAULT_KILL_WHEN=f"wrote-record {quick.run_id};training {slow.run_id}")
+    first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                           start_new_session=True)
+    assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr
+    # the notebook kernels run in sessions of their own: they must notice and exit by themselves
+    alive = wait_for_kernels(hook_log)
+    assert not alive, f"processes left running after the pipeline was killed: {alive}"
     assert find_record(slow, results) is None  # the interrupted run left no record...
     assert not list(runs_dir(results).glob("*.tmp"))  # ...not even a half-written one
     quick_record = _stamp(record_path(results, quick.run_id))
@@ -410,7 +414,7 @@ def test_pipeline_survives_a_kill_resumes_skips_finished_runs_and_reports_failur
     assert find_record(broken, results) is None
     notebook = executed_path(results.resolve(), broken.run_id)
     assert f"FAILED {broken.run_id}" in rerun.stdout and str(notebook) in rerun.stdout
-    assert "no-such-corpus" in notebook.read_text()  # the executed notebook holds the error
+    assert FAILURE_WORDS in notebook.read_text()  # the executed notebook holds the error
 
 
 def test_analysis_stage_and_lab_notebooks_flag(tmp_path):

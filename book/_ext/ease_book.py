@@ -46,7 +46,7 @@ def input_files(results: Path) -> dict[str, list[Path]]:
         "benchmarks": sorted((results / "bench").glob("*.json")),
         "ease code": sorted((ROOT / "ease").glob("*.py")),
         "companion code": sorted((BOOK / "companion").glob("*.py")),
-        "labels": sorted(BOOK.glob("*/labels*.yml")),
+        "labels": sorted(BOOK.glob("*/labels.yml")),
         "published values": [BOOK / "data" / "published.yaml"],
         "grids": sorted((ROOT / "grids").glob("*.yaml")),
     }

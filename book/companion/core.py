@@ -54,11 +54,8 @@ def check_lang(lang: str) -> str:
 @functools.lru_cache(maxsize=None)
 def labels(lang: str) -> dict:
     """The words figures and tables need in one language: book/<lang>/labels.yml."""
-    out: dict = {}
-    # TEMPORARY while chapters move: labels_*.yml are merged in; one file per language at the end
-    for path in sorted((BOOK_DIR / check_lang(lang)).glob("labels*.yml")):
-        out.update(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    return out
+    path = BOOK_DIR / check_lang(lang) / "labels.yml"
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
 # --- inputs --------------------------------------------------------------------------------------

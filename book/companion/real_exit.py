@@ -66,7 +66,7 @@ def speedup_range(bench: dict, row: dict) -> tuple[float, float]:
 
 
 def times(value: float, lang: str) -> str:
-    """A speedup as the language writes it in text ("1.78×" / "1.78倍")."""
+    """A speedup as the language writes it in text: the number, then the unit from labels (real_exit.times)."""
     return f"{value:.2f}{core.labels(lang)['real_exit']['times']}"
 
 

@@ -1,5 +1,6 @@
 """The built book in a real browser: headless Chromium loads pages over file://, takes screenshots
-and dumps the DOM after its scripts ran. Skipped (with the reason) where Chromium is not installed.
+and dumps the DOM after its scripts ran. Skipped (with the reason) where Chromium is not installed,
+except in CI (CI=true), where a skip fails the run.
 
 Screenshots are kept next to the built site (OUT/screenshots/) for a person to look at.
 """
@@ -16,8 +17,9 @@ from PIL import Image
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
                  if p and Path(p).is_file()), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed "
-                                "(/usr/bin/chromium; on Debian: apt-get install chromium)")
+pytestmark = [pytest.mark.ci_required,
+              pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed "
+                                 "(/usr/bin/chromium; on Debian: apt-get install chromium)")]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,2000"]
 TIMEOUT_S = 120

@@ -1,14 +1,17 @@
-"""Corpus loading (local folders, EASE_DATA_DIR, the hub fallback), vocabulary and batching."""
+"""Corpus loading (local folders, EASE_DATA_DIR, the hub fallback), bad data files, provenance,
+vocabulary and batching."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from ease.data import (DATA_ENV, HUB_DATASET, UNKNOWN_CHAR, DataNotFoundError, build_corpus, load_corpus,
-                       load_split, make_batches, placeholder_text)
+from ease.data import (DATA_ENV, HUB_DATASET, UNKNOWN_CHAR, DataError, DataNotFoundError, build_corpus,
+                       check_data, data_provenance, load_corpus, load_split, make_batches, placeholder_text)
 
 # The real WikiText-2 copy, wherever the environment points (CI sets it; so does the README's offline set-up).
 REAL_DATA = Path(os.environ.get("EASE_DATA_DIR") or "/nonexistent").expanduser()
@@ -72,6 +75,24 @@ def test_load_corpus_too_short(corpus_dir):
         load_corpus(str(corpus_dir), train_chars=10_000, val_chars=10)
 
 
+@pytest.mark.parametrize("train_chars, val_chars, says, not_says", [
+    # the valid text of TEXTS is 41 characters, the train text 57
+    (10, 1000, "its valid split has 41 characters, 959 fewer than val_chars=1000", "train"),
+    (1000, 10, "its train split has 57 characters, 943 fewer than train_chars=1000", "valid"),
+    (58, 42, "its train split has 57 characters, 1 fewer than train_chars=58; its valid split has 41 characters, "
+             "1 fewer than val_chars=42", None),
+])
+def test_too_short_names_the_short_split_and_by_how_much(corpus_dir, train_chars, val_chars, says, not_says):
+    """Finding 6: "valid 1000 < 1000 characters" was printed for a corpus whose train split was short."""
+    assert (len(TEXTS["train"]), len(TEXTS["valid"])) == (57, 41)
+    with pytest.raises(DataError) as err:
+        load_corpus(str(corpus_dir), train_chars=train_chars, val_chars=val_chars)
+    message = str(err.value)
+    assert says in message and str(corpus_dir) in message, message
+    if not_says:
+        assert f"its {not_says} split" not in message, message
+
+
 # --- missing data -------------------------------------------------------------------------
 
 def _assert_names_both_sources(message: str):
@@ -110,6 +131,157 @@ def test_corpus_folder_without_valid_txt(tmp_path):
 
 def test_data_not_found_is_a_file_not_found_error():
     assert issubclass(DataNotFoundError, FileNotFoundError)
+    assert issubclass(DataNotFoundError, DataError) and issubclass(DataError, ValueError)
+
+
+# --- bad data files: one line naming the file ---------------------------------------------------------
+
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+def test_empty_split_file(corpus_dir, split):
+    """Finding 6: an empty train.txt gave DatasetGenerationError naming no file."""
+    path = corpus_dir / f"{split}.txt"
+    path.write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        load_split(split, str(corpus_dir))
+    assert str(err.value) == f"{path} is empty: each split file needs text"
+    with pytest.raises(DataError, match="is empty"):
+        check_data(str(corpus_dir))
+
+
+@pytest.mark.parametrize("raw, offset, byte", [
+    (b"abc\n\xff rest\n", 4, "0xff"),              # a byte that starts no UTF-8 character
+    ("naïve\n".encode() + b"\xc3(", 7, "0xc3"),     # "ï" takes 2 bytes, so 6 characters are 7 bytes
+    (b"ab" + "東".encode()[:2], 2, "0xe6"),          # cut in the middle of a 3-byte character
+    ("x".encode("utf-16"), 0, "0xff"),              # another encoding's byte-order mark
+])
+def test_undecodable_split_file_says_where(corpus_dir, raw, offset, byte):
+    path = corpus_dir / "train.txt"
+    path.write_bytes(raw)
+    for read in (lambda: load_split("train", str(corpus_dir)), lambda: check_data(str(corpus_dir)),
+                 lambda: load_corpus(str(corpus_dir), 1, 1)):
+        with pytest.raises(DataError) as err:
+            read()
+        message = str(err.value)
+        assert message.startswith(f"{path} is not UTF-8 text: byte {byte} at byte offset {offset} "), message
+        assert "\n" not in message
+
+
+def test_an_edited_file_is_read_anew_even_with_its_time_restored(corpus_dir):
+    """Finding 2: the `datasets` text builder served the old text of a file edited with its mtime restored."""
+    path = corpus_dir / "train.txt"
+    assert load_split("train", str(corpus_dir)) == TEXTS["train"]
+    before = os.stat(path)
+    edited = TEXTS["train"].replace("café", "cafe").replace("naïve", "naive")  # other text, other size
+    path.write_bytes(edited.encode())
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_mtime_ns == before.st_mtime_ns
+    assert load_split("train", str(corpus_dir)) == edited
+    same_size = TEXTS["train"].replace("Título", "Titlé!")  # and an edit that keeps the byte count
+    assert len(same_size.encode()) == len(TEXTS["train"].encode())
+    path.write_bytes(same_size.encode())
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert load_split("train", str(corpus_dir)) == same_size
+
+
+def test_crlf_and_a_byte_order_mark_are_kept_as_they_are(corpus_dir):
+    path = corpus_dir / "valid.txt"
+    path.write_bytes(b"\xef\xbb\xbfline one\r\nline two\r\n")
+    assert load_split("valid", str(corpus_dir)) == "\ufeffline one\r\nline two\r\n"
+
+
+# --- provenance -------------------------------------------------------------------------------------
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fingerprint(hashes: dict) -> str:
+    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_provenance_of_a_local_folder(corpus_dir, monkeypatch):
+    monkeypatch.setenv(DATA_ENV, str(corpus_dir))
+    # the hashes of the exact prefixes used, from the files' bytes (the first 20 and 10 characters)
+    train_bytes, valid_bytes = TEXTS["train"][:20].encode(), TEXTS["valid"][:10].encode()
+    assert train_bytes == (corpus_dir / "train.txt").read_bytes()[:len(train_bytes)]
+    hashes = {"train": _sha(train_bytes), "valid": _sha(valid_bytes),
+              "test": _sha((corpus_dir / "test.txt").read_bytes())}
+    expected = {"source": "local", "location": str(corpus_dir.resolve()), "sha256": hashes,
+                "fingerprint": _fingerprint(hashes)}
+    assert data_provenance("wikitext-2", 20, 10) == expected
+    assert data_provenance(str(corpus_dir), 20, 10) == expected
+    assert load_corpus(str(corpus_dir), 20, 10).provenance == expected
+    other = data_provenance(str(corpus_dir), 21, 10)
+    assert other["sha256"]["valid"] == hashes["valid"] and other["fingerprint"] != expected["fingerprint"]
+
+
+def test_provenance_without_a_test_split(corpus_dir):
+    (corpus_dir / "test.txt").unlink()
+    provenance = data_provenance(str(corpus_dir), 5, 5)
+    assert provenance["sha256"]["test"] is None
+    assert provenance["fingerprint"] == _fingerprint(provenance["sha256"])
+
+
+def test_provenance_of_the_placeholder(monkeypatch):
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    train = b"The quick brown fox jumps over the lazy dog. " * 2222
+    valid = b"A quick brown dog runs in the park. " * 285
+    hashes = {"train": _sha(train), "valid": _sha(valid), "test": None}
+    assert data_provenance("placeholder", 100_000, 10_000) == {
+        "source": "placeholder", "location": "ease.data.placeholder_text", "sha256": hashes,
+        "fingerprint": _fingerprint(hashes)}
+
+
+class FakeHubSplit:
+    """What `datasets.load_dataset` returns, as far as ease reads it."""
+
+    def __init__(self, lines, cache_files=(), fingerprint=None):
+        self.lines, self.cache_files, self._fingerprint = lines, list(cache_files), fingerprint
+
+    def __getitem__(self, column):
+        assert column == "text"
+        return self.lines
+
+
+HUB_TEXT = {"train": [" = A = \n", " train line \n"], "validation": [" valid \n"], "test": [" test \n"]}
+
+
+@pytest.mark.parametrize("cache_files, fingerprint, revision", [
+    ([{"filename": "/cache/Salesforce___wikitext/wikitext-2-v1/0.0.0/" + "b08601e04326c79dfdd32d625aee71d232d685c3"
+                   + "/wikitext-train.arrow"}], "f1", "b08601e04326c79dfdd32d625aee71d232d685c3"),
+    ([], "0123abcd", "0123abcd"),   # no commit in the cache paths: the dataset's own fingerprint
+    ([], None, "unknown"),
+])
+def test_provenance_of_the_hub(monkeypatch, cache_files, fingerprint, revision):
+    import datasets
+
+    def fake_hub(name, config, split):
+        assert (name, config) == HUB_DATASET
+        return FakeHubSplit(HUB_TEXT[split], cache_files, fingerprint)
+
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub)
+    provenance = data_provenance("wikitext-2", 10, 5)
+    hashes = {"train": _sha(b" = A = \n t"), "valid": _sha(b" vali"), "test": _sha(b" test \n")}
+    assert provenance == {"source": "hub", "location": f"Salesforce/wikitext wikitext-2-v1@{revision}",
+                          "sha256": hashes, "fingerprint": _fingerprint(hashes)}
+
+
+def test_check_data(corpus_dir):
+    report = check_data(str(corpus_dir))
+    hashes = {split: _sha((corpus_dir / f"{split}.txt").read_bytes()) for split in ("train", "valid", "test")}
+    assert report == {"source": "local", "location": str(corpus_dir.resolve()), "sha256": hashes,
+                      "fingerprint": _fingerprint(hashes), "chars": {k: len(v) for k, v in TEXTS.items()}}
+    assert check_data("placeholder")["fingerprint"] is None
+
+
+def test_check_data_missing(tmp_path, monkeypatch):
+    folder = _write_corpus(tmp_path / "partial", {"train": "t\n", "test": "x\n"})
+    with pytest.raises(DataNotFoundError, match=f"{folder / 'valid.txt'} does not exist"):
+        check_data(str(folder))
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(DataNotFoundError, match=f"{DATA_ENV}=.*nowhere is not a folder"):
+        check_data()
 
 
 def test_hub_unreachable(monkeypatch):
@@ -141,6 +313,7 @@ def test_hub_is_asked_for_the_validation_split(monkeypatch):
     assert asked == {"name": "Salesforce/wikitext", "config": "wikitext-2-v1", "split": "validation"}
 
 
+@pytest.mark.ci_required
 @pytest.mark.skipif(not (REAL_DATA / "train.txt").is_file(), reason="needs the real WikiText-2 copy in EASE_DATA_DIR")
 def test_real_wikitext2_matches_the_file(monkeypatch):
     monkeypatch.setenv(DATA_ENV, str(REAL_DATA))
@@ -151,6 +324,17 @@ def test_real_wikitext2_matches_the_file(monkeypatch):
         assert loaded[:200_000] == direct[:200_000]
         assert len(loaded) == len(direct)
     assert load_split("train").startswith(" \n = Valkyria Chronicles III = \n")
+
+
+@pytest.mark.skipif(not (REAL_DATA / "train.txt").is_file(), reason="needs the real WikiText-2 copy in EASE_DATA_DIR")
+def test_real_wikitext2_provenance_is_the_files_hashes(monkeypatch):
+    monkeypatch.setenv(DATA_ENV, str(REAL_DATA))
+    whole = check_data()
+    for split in ("train", "valid", "test"):
+        assert whole["sha256"][split] == _sha((REAL_DATA / f"{split}.txt").read_bytes())
+    with open(REAL_DATA / "train.txt", encoding="utf-8", newline="") as f:
+        train_prefix = f.read(200_000)
+    assert data_provenance("wikitext-2", 200_000, 20_000)["sha256"]["train"] == _sha(train_prefix.encode())
 
 
 # --- vocabulary ---------------------------------------------------------------------------

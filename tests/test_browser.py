@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
+CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"),
+                                shutil.which("google-chrome"))
                  if p and Path(p).is_file()), None)
 pytestmark = [pytest.mark.ci_required,
               pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed "

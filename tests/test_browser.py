@@ -87,9 +87,17 @@ _TABLE_CHECK = """
     while (box && !['auto', 'scroll'].includes(getComputedStyle(box).overflowX)) box = box.parentElement;
     if (!box || box.getBoundingClientRect().right > column.right + 1) bad.push(i + ':' + Math.round(right - column.right));
   });
+  // a header squeezed to about one character per line (Japanese headers wrap anywhere)
+  const squeezed = [];
+  document.querySelectorAll('article table th').forEach((th) => {
+    const text = th.textContent.trim();
+    const em = parseFloat(getComputedStyle(th).fontSize);
+    if (text.length >= 3 && th.getBoundingClientRect().width < 2.5 * em) squeezed.push(text);
+  });
   const out = document.createElement('pre');
   out.id = 'ease-table-check';
-  out.textContent = 'tables=' + document.querySelectorAll('article table').length + ' overflow=' + bad.join(',');
+  out.textContent = 'tables=' + document.querySelectorAll('article table').length + ' overflow=' + bad.join(',') +
+                    ' squeezed=' + squeezed.join('|');
   document.body.appendChild(out);
 })();
 </script>
@@ -111,7 +119,8 @@ def test_wide_tables_stay_inside_the_column(built_book: Path, page: str):
                               capture_output=True, text=True, timeout=TIMEOUT_S)
     finally:
         probe.unlink()
-    found = re.search(r'id="ease-table-check"[^>]*>tables=(\d+) overflow=([^<]*)<', proc.stdout)
+    found = re.search(r'id="ease-table-check"[^>]*>tables=(\d+) overflow=(\S*) squeezed=([^<]*)<', proc.stdout)
     assert found, f"the table check did not run in {page}: {proc.stderr[-1000:]}"
     assert int(found.group(1)) > 0, f"{page} has no table to check"
     assert found.group(2) == "", f"{page}: tables (index:pixels past the column) overflow: {found.group(2)}"
+    assert found.group(3) == "", f"{page}: table headers squeezed to a character per line: {found.group(3)}"

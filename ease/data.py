@@ -239,7 +239,8 @@ def corpus_text(corpus: str = "wikitext-2", train_chars: int = 200_000, val_char
                                                ("valid", whole.valid, "val_chars", val_chars))
              if len(text) < wanted]
     if short:
-        raise DataError(f"corpus {corpus!r} ({whole.location}) is shorter than asked: {'; '.join(short)}")
+        where = whole.location if corpus != "wikitext-2" else f"'wikitext-2' ({whole.location})"
+        raise DataError(f"corpus {where} is shorter than asked: {'; '.join(short)}")
     return CorpusText(whole.train[:train_chars], whole.valid[:val_chars], whole.test, whole.source, whole.location)
 
 

@@ -76,15 +76,15 @@ def test_load_corpus_too_short(corpus_dir):
 
 
 @pytest.mark.parametrize("train_chars, val_chars, says, not_says", [
-    # the valid text of TEXTS is 41 characters, the train text 57
-    (10, 1000, "its valid split has 41 characters, 959 fewer than val_chars=1000", "train"),
-    (1000, 10, "its train split has 57 characters, 943 fewer than train_chars=1000", "valid"),
-    (58, 42, "its train split has 57 characters, 1 fewer than train_chars=58; its valid split has 41 characters, "
-             "1 fewer than val_chars=42", None),
+    # the train text of TEXTS is 63 characters (code points, not bytes), the valid text 40
+    (10, 1000, "its valid split has 40 characters, 960 fewer than val_chars=1000", "train"),
+    (1000, 10, "its train split has 63 characters, 937 fewer than train_chars=1000", "valid"),
+    (64, 41, "its train split has 63 characters, 1 fewer than train_chars=64; its valid split has 40 characters, "
+             "1 fewer than val_chars=41", None),
 ])
 def test_too_short_names_the_short_split_and_by_how_much(corpus_dir, train_chars, val_chars, says, not_says):
     """Finding 6: "valid 1000 < 1000 characters" was printed for a corpus whose train split was short."""
-    assert (len(TEXTS["train"]), len(TEXTS["valid"])) == (57, 41)
+    assert (len(TEXTS["train"]), len(TEXTS["valid"])) == (63, 40)
     with pytest.raises(DataError) as err:
         load_corpus(str(corpus_dir), train_chars=train_chars, val_chars=val_chars)
     message = str(err.value)

@@ -6,10 +6,15 @@ written to a temporary corpus folder, so no real data and no network are needed.
 from __future__ import annotations
 
 import copy
+import hashlib
+import importlib.metadata
 import json
 import math
 import os
 import random
+import stat
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,10 +25,12 @@ import ease.train as train
 from ease.config import DOC_THRESHOLDS, RunConfig
 from ease.data import build_corpus, load_corpus, make_batches
 from ease.exits import collect_token_stats, route
+from ease.records import SCHEMA_VERSION
 from ease.results import (atomic_write, checkpoint_path, find_record, load_histories, load_results,
                           load_sweeps, record_path, runs_dir, write_json)
 from ease.train import NonFiniteLossError, build_model, pick_device, train_model
 
+REPO = Path(__file__).resolve().parents[1]
 WORDS = ("the cat sat on a mat and the dog ran far away from home while small birds sing "
          "über café 東京 , . = @-@").split()
 
@@ -117,7 +124,9 @@ def test_other_seed_other_numbers(runs):
 
 def test_record_shape(runs, tiny):
     dirs, (record, _, _) = runs
-    assert set(record) == {"run_id", "config", "metrics", "sweep", "history", "env", "timing"}
+    assert set(record) == {"schema_version", "run_id", "config", "metrics", "sweep", "history", "env", "timing",
+                           "provenance"}
+    assert record["schema_version"] == SCHEMA_VERSION
     assert record["run_id"] == tiny.run_id
     assert record["config"] == json.loads(json.dumps(tiny.to_dict()))
     assert set(record["metrics"]) == {"ppl", "shallow_frac", "compute_frac", "ppl_shallow", "ppl_deep",
@@ -131,6 +140,22 @@ def test_record_shape(runs, tiny):
     # on disk: exactly the returned record, plus the checkpoint, and no temporary files
     assert json.loads(record_path(dirs[0], tiny.run_id).read_text(encoding="utf-8")) == record
     assert sorted(os.listdir(runs_dir(dirs[0]))) == sorted([f"{tiny.run_id}.json", f"{tiny.run_id}.pt"])
+
+
+def test_record_provenance_is_the_text_and_code_used(runs, tiny, corpus_dir):
+    _, (record, _, _) = runs
+    files = {split: (corpus_dir / f"{split}.txt").read_text(encoding="utf-8") for split in ("train", "valid", "test")}
+    hashes = {"train": hashlib.sha256(files["train"][:tiny.train_chars].encode()).hexdigest(),
+              "valid": hashlib.sha256(files["valid"][:tiny.val_chars].encode()).hexdigest(),
+              "test": hashlib.sha256((corpus_dir / "test.txt").read_bytes()).hexdigest()}
+    data = record["provenance"]["data"]
+    assert data == {"source": "local", "location": str(corpus_dir.resolve()), "sha256": hashes,
+                    "fingerprint": hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:16]}
+    code = record["provenance"]["code"]
+    assert code["ease_version"] == importlib.metadata.version("ease-companion")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if head.returncode == 0:  # a git checkout: the commit it is at, and whether it has changes
+        assert code["git_commit"] == head.stdout.strip() and isinstance(code["git_dirty"], bool)
 
 
 def test_eval_tokens_counts_full_validation_batches(runs):
@@ -208,8 +233,8 @@ def test_run_returns_an_existing_record_without_training(runs, tiny, monkeypatch
     def must_not_train(*args, **kwargs):
         raise AssertionError("training was started although the record exists")
 
+    # the data is read (its fingerprint must be the record's), the model is not trained
     monkeypatch.setattr(train, "train_model", must_not_train)
-    monkeypatch.setattr(train, "load_corpus", must_not_train)
     assert ease.run(tiny, dirs[0], progress=False) == record
     with pytest.raises(AssertionError, match="training was started"):  # the stand-in is really in place
         ease.run(tiny, dirs[0], retrain=True, progress=False)
@@ -333,6 +358,14 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path, error):
         atomic_write(path, half_then_fail)
     assert json.loads(path.read_text(encoding="utf-8")) == {"old": True}
     assert os.listdir(path.parent) == ["r.json"]
+
+
+def test_written_files_are_readable_by_all(tmp_path):
+    """Finding 4: records were written 0600 (mkstemp's mode), unreadable to anyone else sharing the folder."""
+    write_json(tmp_path / "r.json", {"a": 1})
+    atomic_write(tmp_path / "c.pt", lambda f: f.write(b"x"))
+    for name in ("r.json", "c.pt"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
 
 
 def test_atomic_write_failure_on_a_new_path_leaves_nothing(tmp_path):

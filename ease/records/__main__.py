@@ -61,22 +61,47 @@ def _migrate(paths: list[str], evidence: str | None) -> int:
     return 1 if failed else 0
 
 
-def _verify(paths: list[str]) -> int:
-    """Retrain each record's config on the data present now and compare every number bitwise."""
-    different = 0
+def _compare(stored, fresh, where: str = "") -> tuple[list[str], float, str]:
+    """Where integers, strings or lengths differ, and the worst relative difference of floats (and its place)."""
+    if isinstance(stored, dict) or isinstance(stored, list):
+        keys = list(stored) if isinstance(stored, dict) else range(len(stored))
+        if type(stored) is not type(fresh) or len(stored) != len(fresh) or \
+                (isinstance(stored, dict) and set(stored) != set(fresh)):
+            return [where or "record"], 0.0, ""
+        exact, worst, at = [], 0.0, ""
+        for k in keys:
+            e, w, a = _compare(stored[k], fresh[k], f"{where}.{k}" if isinstance(k, str) else f"{where}[{k}]")
+            exact += e
+            if w > worst:
+                worst, at = w, a
+        return exact, worst, at
+    if isinstance(stored, float) and isinstance(fresh, float):
+        rel = 0.0 if stored == fresh else abs(stored - fresh) / max(abs(stored), abs(fresh))
+        return [], rel, where
+    return ([] if stored == fresh else [where]), 0.0, ""
+
+
+def _verify(paths: list[str], rel_tol: float) -> int:
+    """Retrain each record's config on the data present now and compare every number with the record's."""
+    failed = 0
     for path in map(Path, paths):
         stored = load_record(path)
         with tempfile.TemporaryDirectory() as tmp:
             fresh = run(RunConfig.from_dict(stored["config"]), tmp, progress=False)
-        diffs = [k for k in ("metrics", "sweep", "history") if fresh[k] != stored[k]]
-        data = stored["provenance"]["data"]
-        if data is not None and data["fingerprint"] != fresh["provenance"]["data"]["fingerprint"]:
-            diffs.append("data fingerprint")
-        different += bool(diffs)
-        print(f"{'DIFFERENT' if diffs else 'same'} {path}: retrained on data "
-              f"{fresh['provenance']['data']['fingerprint']} ({fresh['provenance']['data']['location']})"
-              + (f"; differs in {', '.join(diffs)}" if diffs else "; metrics, sweep and history equal bitwise"))
-    return 1 if different else 0
+        data = fresh["provenance"]["data"]
+        exact, worst, at = _compare({k: stored[k] for k in ("metrics", "sweep", "history")},
+                                    {k: fresh[k] for k in ("metrics", "sweep", "history")})
+        recorded = stored["provenance"]["data"]
+        if recorded is not None and recorded["fingerprint"] != data["fingerprint"]:
+            exact.append(f"data fingerprint (recorded {recorded['fingerprint']})")
+        ok = not exact and worst <= rel_tol
+        failed += not ok
+        found = "equal bitwise" if not exact and worst == 0 else (
+            f"worst relative difference {worst:.1e} at {at.lstrip('.')}" if worst else "floats equal bitwise")
+        print(f"{'same' if ok else 'DIFFERENT'} {path}: retrained on data {data['fingerprint']} ({data['location']}): "
+              f"{found}" + (f"; differs exactly in {', '.join(e.lstrip('.') for e in exact)}" if exact else
+                            "; integers equal"))
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,13 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     mig = sub.add_parser("migrate", help="write schema-1 records at the current schema, with provenance")
     mig.add_argument("paths", nargs="+")
     mig.add_argument("--evidence", help="how you know the present data is the text those runs were trained on")
-    sub.add_parser("verify", help="retrain records and compare bitwise").add_argument("paths", nargs="+")
+    ver = sub.add_parser("verify", help="retrain records and compare their numbers")
+    ver.add_argument("paths", nargs="+")
+    ver.add_argument("--rel-tol", type=float, default=1e-6,
+                     help="largest relative difference of a float accepted (float sums differ across machines)")
     args = parser.parse_args(argv)
     if args.command == "check":
         return _check(args.paths)
     if args.command == "migrate":
         return _migrate(args.paths, args.evidence)
-    return _verify(args.paths)
+    return _verify(args.paths, args.rel_tol)
 
 
 if __name__ == "__main__":

@@ -40,10 +40,13 @@ needs no reclaiming and a reused pid cannot keep one alive (on NFS, Linux maps i
 the server drops when the owner's machine goes away). A run another pipeline holds is retried
 when it lets go: finished by then, it counts as skipped; failed there, it runs here.
 
-If every worker is lost (killed, nanny included), the pipeline says so at once, waits up to
-``--worker-timeout`` seconds (default $EASE_WORKER_TIMEOUT, else 120) for one to come back,
-then gives up: the finished runs are kept, exit status 3. An unreachable ``--scheduler`` is a
-one-line error after $EASE_CONNECT_TIMEOUT seconds (default 10), exit status 2.
+If every worker of a ``--scheduler`` is lost (killed, nannies included), the pipeline says so at
+once, waits up to ``--worker-timeout`` seconds (default $EASE_WORKER_TIMEOUT, else 120) for one
+to come back, then gives up: the finished runs are kept, exit status 3. (A local cluster's
+nannies live in the pipeline's own process and start a killed worker again; the same wait covers
+them failing to.) An unreachable ``--scheduler`` is a one-line error after $EASE_CONNECT_TIMEOUT
+seconds (default 10), exit status 2. The runs themselves are the Dask tasks, so a task whose
+worker died while running it goes to another worker (Dask's rule: after 3 such deaths it fails).
 
 Before any cluster starts (preflight), every input is checked: the arguments, the grid files
 (readable, UTF-8, valid), the device (``cuda`` asked for where there is none; with
@@ -76,6 +79,7 @@ import dataclasses
 import fcntl
 import importlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -123,9 +127,7 @@ class SchedulerUnreachable(RuntimeError):
 class WorkersLost(RuntimeError):
     """No Dask worker for longer than the worker timeout. `summary` holds what was finished."""
 
-    def __init__(self, message: str, summary: GridSummary | None = None):
-        super().__init__(message)
-        self.summary = summary
+    summary: GridSummary | None = None
 
 
 def describe(config: RunConfig) -> str:
@@ -146,6 +148,13 @@ def fault_point(event: str, run_id: str) -> None:
 
 def one_line(text: object) -> str:
     return " ".join(str(text).split())
+
+
+def say(message: str) -> None:
+    """A line on stderr that leaves the progress bar whole."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 # --- a run's files ----------------------------------------------------------------------------
@@ -351,6 +360,15 @@ class RunLock:
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
         return cls(path, fd)
 
+    @staticmethod
+    def holder(results_dir: Path, run_id: str) -> str:
+        """Who holds a run's lock, as its file says (for messages)."""
+        try:
+            owner = json.loads((results_dir / LOCKS_DIR / f"{run_id}.lock").read_text())
+            return f"pid {owner['pid']} on {owner['host']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+
     def release(self) -> None:
         if self.fd is not None:
             self.path.unlink(missing_ok=True)  # while still held, so nobody is using this file
@@ -415,11 +433,10 @@ class WorkerWatch:
             return n
         if self.since is None:
             self.since = time.monotonic()
-            print(f"no Dask workers left: waiting up to {self.timeout:g} s for one (--worker-timeout)",
-                  file=sys.stderr, flush=True)
+            say(f"no Dask worker connected: waiting up to {self.timeout:g} s for one (--worker-timeout)")
         elif time.monotonic() - self.since >= self.timeout:
-            raise WorkersLost(f"no Dask workers for {self.timeout:g} s (killed or lost); finished runs are "
-                              "kept; run the same command again to resume")
+            raise WorkersLost(f"no Dask worker for {self.timeout:g} s (all lost or killed?); finished runs are "
+                              "kept: run the same command again to resume")
         return 0
 
 
@@ -434,7 +451,10 @@ def connect(scheduler: str | None, workers: int | None, n_runs: int):
         except (OSError, ValueError, TimeoutError) as exc:
             raise SchedulerUnreachable(f"cannot reach the Dask scheduler {scheduler}: {one_line(exc)}") from None
     n = min(workers or default_workers(), n_runs)
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+    # silence_logs: Dask's own warnings (a worker died, restarting it, ...) would only repeat what the
+    # pipeline reports itself, in several lines each
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=logging.ERROR)
     return cluster, Client(cluster)
 
 
@@ -509,22 +529,23 @@ def run_grid(configs: Sequence[RunConfig], results_dir: str | Path = DEFAULT_RES
             fingerprints[key] = exc
     pending = [config for config in configs
                if _triage(config, summary, results_dir, lab_notebooks, analyse, fingerprints[text_key(config)])]
+    if not pending:
+        return summary
+    timeout = worker_timeout or env_seconds(WORKER_TIMEOUT_ENV, DEFAULT_WORKER_TIMEOUT)
+    cluster, client = connect(scheduler, workers, len(pending))
     bar = tqdm(total=len(configs), desc="grid", unit="run", disable=not progress)
     bar.update(len(configs) - len(pending))
-    if pending:
-        cluster, client = connect(scheduler, workers, len(pending))
-        try:
-            _run_pending(pending, client, summary, bar, results_dir, nbformat.writes(jupytext.read(notebook)),
-                         device, lab_notebooks, analyse, fingerprints,
-                         worker_timeout or env_seconds(WORKER_TIMEOUT_ENV, DEFAULT_WORKER_TIMEOUT))
-        except WorkersLost as exc:
-            exc.summary = summary
-            raise
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
-    bar.close()
+    try:
+        _run_pending(pending, client, summary, bar, results_dir, nbformat.writes(jupytext.read(notebook)),
+                     device, lab_notebooks, analyse, fingerprints, timeout)
+    except WorkersLost as exc:
+        exc.summary = summary
+        raise
+    finally:
+        bar.close()
+        client.close()
+        if cluster is not None:
+            cluster.close()
     return summary
 
 
@@ -535,6 +556,7 @@ def _run_pending(pending: list[RunConfig], client, summary: GridSummary, bar, re
 
     watch = WorkerWatch(client, worker_timeout)
     running: dict = {}  # future -> (config, lock)
+    waiting_for: set[str] = set()  # runs another pipeline holds, said once each
     cwd = os.getcwd()
     try:
         while pending or running:
@@ -546,6 +568,10 @@ def _run_pending(pending: list[RunConfig], client, summary: GridSummary, bar, re
                 lock = RunLock.acquire(results_dir, config.run_id)
                 if lock is None:  # another pipeline works on it; looked at again next time round
                     held_elsewhere += 1
+                    if config.run_id not in waiting_for:
+                        waiting_for.add(config.run_id)
+                        say(f"{config.run_id}: another pipeline ({RunLock.holder(results_dir, config.run_id)}) "
+                            "is running it; waiting for it")
                     continue
                 pending.remove(config)
                 fault_point("locked", config.run_id)
@@ -574,6 +600,8 @@ def _run_pending(pending: list[RunConfig], client, summary: GridSummary, bar, re
                     result = future.result()
                 except Exception as exc:  # the worker itself died (repeatedly), the task was lost, ...
                     result = {"run_id": config.run_id, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                # Let Dask forget it now: a result still wanted when its worker dies is computed again elsewhere
+                future.release()
                 fault_point("received", config.run_id)
                 try:
                     result = store_run(result, config, results_dir, fingerprints[text_key(config)])

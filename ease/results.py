@@ -28,6 +28,8 @@ FILE_MODE = 0o644  # readable by all, as files written by a plain open() are (mk
 #   executed/<run_id>.ipynb lab notebooks    analysis/<run_id>.json  checkpoint analyses
 #   thresholds/<run_id>.json  threshold tables of notebooks/threshold_analysis.py
 #   bench/decode.json       the decoding benchmark (and its models' records)
+# (ease.pipeline also keeps .locks/<run_id>.lock, a run's lock, and .incoming/<run_id>/, files arriving
+#  from a worker before they are renamed into place)
 def runs_dir(results_dir: str | Path) -> Path:
     return Path(results_dir) / "runs"
 

@@ -8,12 +8,12 @@ as the environment asks:
 - FAULT_KILL_AT=N: at the N-th line of the log, SIGKILL the caller's process group (the pipeline,
   its Dask workers and their runs die at once, as in a crash);
 - FAULT_KILL_WHEN="event run_id;event run_id": the same, once every listed event is in the log;
-- FAULT_KILL_WORKERS_WHEN (same form): SIGKILL every process below the pipeline (nannies, workers,
-  their runs and kernels) but not the pipeline itself;
+- FAULT_KILL_GROUP_WHEN (same form) and FAULT_KILL_GROUP=PGID: SIGKILL that other process group
+  instead (a `dask worker` started by the test: its nannies, workers and their runs);
 - FAULT_BARRIER="event:N": at that event, wait until N different pipelines have logged it (so that
   N pipelines are known to be at work at the same time).
 
-Before any kill, a line {"event": "kill", "pids": [...]} lists the processes it is meant for and
+Before a kill, a line {"event": "kill", "pids": [...]} lists the processes it is meant for and
 the notebook kernels below them (they run in sessions of their own and must exit by themselves).
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 import psutil
 
 BARRIER_WAIT_S = 120
+TESTS = Path(__file__).resolve().parent
 
 
 def read_log(path: str | Path) -> list[dict]:
@@ -68,20 +69,44 @@ def hook(event: str, run_id: str) -> None:
                 raise RuntimeError(f"barrier {barrier}: the other pipelines never got there")
             time.sleep(0.1)
     log = read_log(os.environ["FAULT_LOG"])
-    kill_at = os.environ.get("FAULT_KILL_AT")
-    if (kill_at and lines >= int(kill_at)) or (os.environ.get("FAULT_KILL_WHEN")
-                                                and _all_seen(os.environ["FAULT_KILL_WHEN"], log)):
-        family = [psutil.Process(group), *_family(group)]
-        _append({"event": "kill", "run_id": run_id, "pid": os.getpid(), "group": group,
-                 "pids": [p.pid for p in family]})
-        os.killpg(group, signal.SIGKILL)
-    workers_when = os.environ.get("FAULT_KILL_WORKERS_WHEN")
-    if workers_when and _all_seen(workers_when, log) and not any(e["event"] == "kill" for e in log):
-        below = _family(group)
-        _append({"event": "kill", "run_id": run_id, "pid": os.getpid(), "group": group,
-                 "pids": [p.pid for p in below]})
-        for process in below:
+    kill_at, kill_when = os.environ.get("FAULT_KILL_AT"), os.environ.get("FAULT_KILL_WHEN")
+    if (kill_at and lines >= int(kill_at)) or (kill_when and _all_seen(kill_when, log)):
+        _kill(group, run_id)
+    group_when = os.environ.get("FAULT_KILL_GROUP_WHEN")
+    if group_when and _all_seen(group_when, log) and not any(e["event"] == "kill" for e in log):
+        _kill(int(os.environ["FAULT_KILL_GROUP"]), run_id)
+
+
+def _kill(group: int, run_id: str) -> None:
+    """SIGKILL a process group (its leader's pid is the group's id), its processes logged first."""
+    family = [psutil.Process(group), *_family(group)]
+    _append({"event": "kill", "run_id": run_id, "pid": os.getpid(), "group": os.getpgrp(),
+             "pids": [p.pid for p in family]})
+    os.killpg(group, signal.SIGKILL)
+
+
+# --- for the tests --------------------------------------------------------------------------
+def hooked_env(log: Path, **rules: str) -> dict[str, str]:
+    """The environment of a pipeline with tests/fault_hook.py as its fault-injection hook. Its temporary
+    folders (a killed worker leaves its run's behind) go beside the log, into the test's own folder."""
+    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    tmp = log.parent / "tmp"
+    tmp.mkdir(exist_ok=True)
+    return {**os.environ, "PYTHONPATH": path, "TMPDIR": str(tmp), "EASE_FAULT_HOOK": "fault_hook:hook",
+            "FAULT_LOG": str(log), **rules}
+
+
+def wait_for_kernels(log: Path, timeout: float = 30) -> list:
+    """The processes the hook killed (or left, kernels run in sessions of their own) that are still
+    alive `timeout` seconds later, killed now (the caller asserts there are none)."""
+    family = []
+    for entry in read_log(log):
+        for pid in entry.get("pids", []):
             try:
-                process.kill()
+                family.append(psutil.Process(pid))
             except psutil.NoSuchProcess:
                 pass
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    for p in alive:
+        p.kill()
+    return alive

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import jupytext
 import papermill
-import psutil
 import pytest
 
 from ease.config import DOC_THRESHOLDS, RunConfig
@@ -26,7 +25,7 @@ from ease.grid import BOOK_GRIDS, builtin_grids
 from ease.pipeline import (SMOKE, TRAIN_NOTEBOOK, GridError, executed_path, expand_grid,
                            load_grid, main, notebook_config, notebook_parameters, run_grid)
 from ease.results import find_record, record_path, runs_dir
-from fault_hook import read_log
+from fault_hook import hooked_env, wait_for_kernels
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
@@ -352,34 +351,13 @@ def _stamp(path: Path) -> tuple[int, bytes]:
     return path.stat().st_mtime_ns, path.read_bytes()
 
 
-def hooked_env(log: Path, **rules: str) -> dict[str, str]:
-    """The environment of a pipeline with tests/fault_hook.py as its fault-injection hook."""
-    path = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "EASE_FAULT_HOOK": "fault_hook:hook", "FAULT_LOG": str(log), **rules}
-
-
-def wait_for_kernels(log: Path, timeout: float = 30) -> list:
-    """The processes the hook killed (or left, kernels run in sessions of their own) that are still
-    alive `timeout` seconds later, killed now (the caller asserts there are none)."""
-    family = []
-    for entry in read_log(log):
-        for pid in entry.get("pids", []):
-            try:
-                family.append(psutil.Process(pid))
-            except psutil.NoSuchProcess:
-                pass
-    _, alive = psutil.wait_procs(family, timeout=timeout)
-    for p in alive:
-        p.kill()
-    return alive
-
-
 def test_pipeline_survives_a_kill_resumes_skips_finished_runs_and_reports_failures(tmp_path):
     """One grid through the command line, a local cluster of 2 workers and papermill, twice.
 
     Runs: `quick` (1 epoch), `slow` (10 epochs, killed mid-run the first time), and `broken`
     (a valid config on data that is there, failing at run time). The kill comes from the fault
-    hook at the moment both have happened: quick's record is in place and slow has started training.
+    hook (tests/fault_hook.py) as soon as both have happened: quick's record is in place and slow's
+    worker has started it (10 epochs: it is still training).
     """
     results = tmp_path / "results"
     grid = tmp_path / "grid.json"
@@ -390,7 +368,7 @@ def test_pipeline_survives_a_kill_resumes_skips_finished_runs_and_reports_failur
     quick, slow, broken = expand_grid(load_grid(grid))
     command = [sys.executable, "-m", "ease.pipeline", "--grid", str(grid), "--results", str(results), "--workers", "2"]
 
-    # 1. quick and slow start together; once quick is recorded and slow is training, kill everything
+    # 1. quick and slow start together; once quick is recorded and slow has started, kill everything
     hook_log = tmp_path / "hook.jsonl"
     env = hooked_env(hook_log, FAULT_KILL_WHEN=f"wrote-record {quick.run_id};training {slow.run_id}")
     first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,

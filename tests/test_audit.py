@@ -1,10 +1,11 @@
 """The audit chapters (companion.claims, forensics, beyond, real_exit, landing and the judge) on designed
 records whose answers are derived by hand.
 
-Every run's PPL is `base(config) · m(seed) · (1 + 2 · shallow(τ))`: a base per configuration, a seed factor
-m shared by every configuration of that seed (so paired differences cancel most of the seed-to-seed spread
-while each condition's own spread stays large), and the share of early exits shallow(τ) = (1 − τ)^p with
-p = 1 for setting A and 2 for B (0.1 on the placeholder text, whose runs land near the document's tables). The expected numbers below are worked out from these formulas, and the
+Every run's PPL is `base(config) · m(seed) · (1 + 2 · shallow(τ))` (tests/bookrecords.py): a base per
+configuration, a seed factor m shared by every configuration of that seed (so paired differences cancel most
+of the seed-to-seed spread while each condition's own spread stays large), and the share of early exits
+shallow(τ) = (1 − τ)^p with p = 1 for setting A and 2 for B (0.1 on the placeholder text, whose runs land
+near the document's tables). The expected numbers below are worked out from these formulas, and the
 intervals from Student's t by hand (`t_interval`), not from the code under test.
 """
 from __future__ import annotations
@@ -23,17 +24,23 @@ from ease.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 
 from companion import beyond, claims, core, forensics, judge, landing, real_exit
 
+import bookrecords
+
 BASE_PPL = {("A", 0.3): 8.0, ("A", 0.5): 7.5, ("A", 0.7): 7.0, ("B", 0.7): 8.0}  # others: 7.2
 DENSE_PPL = {1: 30.0, 2: 20.0, 3: 6.5}
-SHALLOW_POWER = {"A": 1, "B": 2, "placeholder": 0.1}
 K = {0: -2, 1: 0, 2: 2, 3: -1, 4: 1}  # per seed: mean 0 over seeds 0-4 and over seeds 0-2
 M = {seed: 1 + 0.25 * k for seed, k in K.items()}  # the seed factor: 0.5, 1, 1.5, 0.75, 1.25
 WELL_B_SWING = 0.3  # well-trained regime: routed PPL(B) = routed PPL(A) + 0.3 · (−1)^seed
 REAL_GAP = {seed: 0.5 + 0.1 * k for seed, k in K.items()}  # real − simulated PPL at every threshold
 
 
+def power(setting: str, corpus: str = "wikitext-2") -> float:
+    """The exponent p of a run's share of early exits (1 − τ)^p."""
+    return 0.1 if corpus == "placeholder" else bookrecords.POWER.get(setting, 1)
+
+
 def shallow(setting: str, t: float, corpus: str = "wikitext-2") -> float:
-    return (1 - t) ** SHALLOW_POWER.get("placeholder" if corpus == "placeholder" else setting, 1)
+    return bookrecords.shallow(t, power(setting, corpus))
 
 
 PLACEHOLDER_ROUTED = 1 + 2 * shallow("A", 0.95, "placeholder")  # ≈ 2.5: routed / base at τ = 0.95
@@ -64,23 +71,9 @@ def epochs(config: RunConfig) -> int:
 
 def make_record(config: RunConfig, published: dict) -> dict:
     ppl = base(config, published) * M[config.seed]
-
-    def sweep(p: float) -> list[dict]:
-        rows = []
-        for t in config.sweep_thresholds:
-            s = shallow(config.setting, t, config.corpus)
-            rows.append({"threshold": t, "ppl": p * (1 + 2 * s), "shallow_frac": s, "compute_frac": s / 3 + 1 - s})
-        return rows
-
-    rows = sweep(ppl)
-    at = next(r for r in rows if abs(r["threshold"] - config.threshold) < 1e-9)
-    metrics = {"ppl": at["ppl"], "shallow_frac": at["shallow_frac"], "compute_frac": at["compute_frac"],
-               "ppl_shallow": 3 * ppl, "ppl_deep": ppl, "best_epoch": epochs(config) - 1,
-               "epochs_run": epochs(config), "eval_tokens": 1000}
-    if config.sweep_weights == "last":  # the last epoch's weights are 20% worse
-        rows = sweep(1.2 * ppl)
-    return {"run_id": config.run_id, "config": config.to_dict(), "metrics": metrics, "sweep": rows,
-            "history": [], "env": {}, "timing": {"train_s": 1.0, "eval_s": 0.1, "tokens_per_s": 1.0}}
+    # a sweep read with the last epoch's weights is 20% worse than the best epoch's metrics
+    return bookrecords.record(config, ppl, power(config.setting, config.corpus), epochs(config),
+                              sweep_ppl=1.2 * ppl if config.sweep_weights == "last" else None)
 
 
 MEASURE_SLOPE = {"max_prob": 2.0, "entropy": 2.5, "margin": 1.5, "cosine": 3.0, "oracle": 0.5}
@@ -162,6 +155,18 @@ def test_lowest_judges_the_lowest_mean_against_every_other():
     assert judge.lowest({"x": [1.0, 2.0, 3.0], "y": [1.5, 2.5, 3.55]}, "ppl").verdict == REPRODUCED
 
 
+def test_lowest_judges_a_claimed_condition_that_is_not_the_lowest():
+    claimed = judge.lowest({"x": [1.0, 2.0, 3.0], "y": [1.5, 2.4, 3.6], "z": [3.0, 1.0, 2.5]}, "ppl", key="y")
+    assert claimed.key == "y" and claimed.stat.mean == pytest.approx(2.5)
+    # y − x = +0.5, +0.4, +0.6: the interval lies above zero, so "y is the lowest" is not reproduced
+    assert claimed.against["x"].diffs == pytest.approx([0.5, 0.4, 0.6])
+    assert claimed.against["x"].verdict == NOT_REPRODUCED and claimed.verdict == NOT_REPRODUCED
+    assert claimed.case == NOT_REPRODUCED
+    assert judge.lowest({"x": [1.0], "y": [2.0]}, "ppl", key="y").case == "single"
+    with pytest.raises(ValueError, match="one value per seed"):
+        judge.lowest({"x": [1.0, 2.0], "y": [2.0]}, "ppl")
+
+
 # --- claims ----------------------------------------------------------------------------------------
 def test_claims_on_the_documents_rule_reach_the_designed_verdicts(exp):
     found = claims.evaluate(exp)
@@ -239,10 +244,10 @@ def test_landing_summarises_every_chapter(results, published):
     g = landing.load(core.book_grid(results), published, results)
     text = landing.texts(g, "en")
     assert text["gl_claims"] == "**reproduced**: 1, 2, 3; **not reproduced**: 4"
-    assert landing.texts(g, "ja")["gl_claims"] == "主張1、2、3は**再現**、主張4は**非再現**"
+    assert landing.texts(g, "ja")["gl_claims"] == "主張1・2・3は**再現**、主張4は**非再現**"
     assert (text["gl_fx_verdict"], text["gl_fx_closer"], text["gl_fx_numbers"]) == ("supported", "26", "26")
     assert (text["gl_equal_wins"], text["gl_equal_pairs"]) == ("8", "8")
-    assert g.gap.verdict == REPRODUCED and g.gap.stat.mean == pytest.approx(0.5)
+    assert g.real.gap.verdict == REPRODUCED and g.real.gap.stat.mean == pytest.approx(0.5)
     assert (text["gl_large_speedup"], text["gl_large_theory"], text["gl_large_layers"]) == ("1.80×", "2.00×", "12")
     assert landing.texts(g, "ja")["gl_large_speedup"] == "1.80倍"
     assert (text["n_runs"], text["n_cells"], text["seeds"]) == ("20", "4", "5")

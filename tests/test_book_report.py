@@ -1,15 +1,14 @@
 """The report chapters' modules (book/companion: setup, architecture, experiments, discussion, caveats,
 appendix) on hand-made records whose answers are derived by hand.
 
-Records: every run's sweep follows PPL(τ) = base · (1 + 2 · shallow(τ)) with shallow(τ) = (1 − τ) for
-setting A and (1 − τ)² for setting B, and Compute = shallow/3 + (1 − shallow) (one exit at layer 1 of
-3). `base` is chosen per run; a seed effect shared by all cells (−1 … +1, wider than the differences
-between cells) makes the paired comparisons decide what the cells' own intervals could not.
+Records (tests/bookrecords.py): every run's sweep follows PPL(τ) = base · (1 + 2 · shallow(τ)) with
+shallow(τ) = (1 − τ) for setting A and (1 − τ)² for setting B, and Compute = shallow/3 + (1 − shallow) (one
+exit at layer 1 of 3). `base` is chosen per run; a seed effect shared by all cells (−1 … +1, wider than the
+differences between cells) makes the paired comparisons decide what the cells' own intervals could not.
 """
 from __future__ import annotations
 
 import copy
-import json
 import re
 from pathlib import Path
 
@@ -18,9 +17,11 @@ import pytest
 import yaml
 
 from ease.config import RunConfig
-from ease.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+from ease.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Stat
 
 from companion import appendix, architecture, caveats, core, discussion, experiments as ex, judge, setup
+
+import bookrecords
 
 REPO = Path(__file__).resolve().parents[1]
 CELLS = [("A", 0.3), ("A", 0.5), ("A", 0.7), ("B", 0.7)]
@@ -31,24 +32,14 @@ PUBLISHED = core.load_published()
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]")
 
 
-def shallow(setting: str, t: float) -> float:
-    return (1 - t) if setting == "A" else (1 - t) ** 2
-
-
 def record(setting: str, alpha: float, seed: int, base: float, train_s: float = 10.0, **changes) -> dict:
     config = RunConfig(setting=setting, alpha=alpha, seed=seed, **changes)
-    sweep = [{"threshold": t, "ppl": base * (1 + 2 * shallow(setting, t)), "shallow_frac": shallow(setting, t),
-              "compute_frac": shallow(setting, t) / 3 + 1 - shallow(setting, t)} for t in config.sweep_thresholds]
-    at = next(r for r in sweep if abs(r["threshold"] - config.threshold) < 1e-9)
-    return {"run_id": config.run_id, "config": json.loads(json.dumps(config.to_dict())),
-            "metrics": {"ppl": at["ppl"], "shallow_frac": at["shallow_frac"], "compute_frac": at["compute_frac"],
-                        "ppl_shallow": base * 3, "ppl_deep": base, "best_epoch": 3 + seed, "epochs_run": 4 + seed,
-                        "eval_tokens": 1000},
-            "sweep": sweep,
-            "history": [{"epoch": e, "train_loss": 3.0 / e, "val_ppl": base + 1 / e, "val_ppl_shallow": base + 2 / e,
-                         "val_ppl_deep": base + 1 / e, "val_shallow_frac": 0.1} for e in (1, 2)],
-            "env": {"python": "3", "torch": "2", "platform": "x", "device": "cpu", "threads": 1},
-            "timing": {"train_s": train_s, "eval_s": 0.1, "tokens_per_s": 100.0 * train_s}}
+    return bookrecords.record(
+        config, base, bookrecords.POWER[setting], epochs=4 + seed,
+        history=[{"epoch": e, "train_loss": 3.0 / e, "val_ppl": base + 1 / e, "val_ppl_shallow": base + 2 / e,
+                  "val_ppl_deep": base + 1 / e, "val_shallow_frac": 0.1} for e in (1, 2)],
+        env={"python": "3", "torch": "2", "platform": "x", "device": "cpu", "threads": 1},
+        timing={"train_s": train_s, "eval_s": 0.1, "tokens_per_s": 100.0 * train_s})
 
 
 def grid_of(base: dict, seeds=SEEDS, **changes) -> core.Grid:
@@ -218,6 +209,19 @@ def test_observations_follow_the_paired_judge(ordered, wobble):
     assert "α=0.7 − α=0.3:" in table
     single = discussion.observations(grid_of(ORDERED, seeds=[0]), PUBLISHED)
     assert [o.case for o in single] == ["single"] * 3
+
+
+# --- formatting ------------------------------------------------------------------------------------------
+def test_fmt_diff_shows_the_sign_of_an_interval_end_near_zero():
+    # the interval [−0.057, −0.003] excludes zero: its upper end must not print as "−0.00"
+    assert core.fmt_diff(Stat(-0.03, 0.027, 5), "ppl") == "-0.03 [-0.06, -0.003]"
+    # 100 · [0.01 − 0.00996, 0.01 + 0.00996] = [+0.004, +1.996] percentage points
+    assert core.fmt_diff(Stat(0.01, 0.00996, 5), "shallow_frac") == "+1.0 pp [+0.004, +2.0]"
+    # an interval that contains zero keeps the usual digits, even where an end rounds to zero
+    assert core.fmt_diff(Stat(-0.2, 0.203, 5), "ppl") == "-0.20 [-0.40, +0.00]"
+    assert core.fmt_diff(Stat(-0.5, 0.2, 5), "ppl") == "-0.50 [-0.70, -0.30]"
+    assert core.fmt_diff(Stat(0.25, None, 1), "ppl") == "+0.25"
+    assert judge.fmt_diff(Stat(0.01, 0.00996, 5), "shallow_frac", "ja") == "+1.0 pt [+0.004, +2.0]"
 
 
 # --- setup, architecture, caveats, appendix -----------------------------------------------------------

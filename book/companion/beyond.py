@@ -22,25 +22,12 @@ from ease.stats import NOT_REPRODUCED, REPRODUCED, Stat, mean_ci, pareto_front
 
 from companion import core, judge
 from companion.claims import DOC_CELLS
+from companion.experiments import Condition, lowest
 
 A7, B7 = ("A", 0.7), ("B", 0.7)
 # Measures a deployed model can use: the cosine needs the last layer's state, so it is a diagnostic.
 USABLE_MEASURES = tuple(name for name in MEASURES if name != "cosine")
 AT_SHALLOW = 0.25  # the share of early exits the text compares measures at
-
-
-def plain_log_scale(ax, which: str = "y") -> None:
-    """A log scale on one axis whose tick labels are plain numbers (7, 10, 20), never "9 × 10⁰"."""
-    from matplotlib.ticker import LogFormatter
-
-    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
-    axis = ax.yaxis if which == "y" else ax.xaxis
-    axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
-
-
-def _cell_name(cell: tuple[str, float]) -> str:
-    return f"{cell[0]}, α={cell[1]:g}"
 
 
 # --- early exit against smaller dense models at equal compute --------------------------------------
@@ -83,7 +70,7 @@ def equal_compute_table(rows: Sequence[EqualCompute], lang: str) -> str:
     out = []
     for r in rows:
         out.append({"Compute": f"{100 * r.compute:.1f}%", h["dense"]: h["layers"].format(n=r.n_layers),
-                    h["dense_ppl"]: core.fmt_stat(r.dense, "ppl"), h["early_exit"]: _cell_name(r.cell),
+                    h["dense_ppl"]: core.fmt_stat(r.dense, "ppl"), h["early_exit"]: core.cell_name(r.cell),
                     h["early_exit_ppl"]: core.fmt_stat(r.early_exit, "ppl"),
                     h["difference"]: core.fmt_diff(r.comparison.stat, "ppl"),
                     h["better"]: words["answer"][r.comparison.verdict]})
@@ -119,7 +106,7 @@ def fig_equal_compute(exp: Sequence[dict], dense: Sequence[dict], lang: str):
         front = pareto_front([p[0] for p in points], [p[1] for p in points])
         ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="#2ca02c", linewidth=3,
                 alpha=0.45, zorder=1, label=words["front"])
-        plain_log_scale(ax)
+        core.plain_log_scale(ax)
         ax.set_xlabel(words["x"].format(n=full))
         ax.set_ylabel(words["y"])
         ax.legend(fontsize=7.5, loc="upper right")
@@ -171,7 +158,7 @@ def measures_table(exp: Sequence[dict], analyses: dict[str, dict], lang: str,
     for cell in (A7, B7):
         fractions, curves = matched_curves(core.select(exp, setting=cell[0], alpha=cell[1]), analyses)
         for name, curve in curves.items():
-            row = {h["run"]: _cell_name(cell), h["measure"]: words["measure"][name]}
+            row = {h["run"]: core.cell_name(cell), h["measure"]: words["measure"][name]}
             for f in at:
                 row[h["ppl_at"].format(pct=f"{100 * f:.0f}")] = core.fmt_stat(mean_ci(curve[:, nearest(fractions, f)]),
                                                                              "ppl")
@@ -200,7 +187,7 @@ def fig_measures(exp: Sequence[dict], analyses: dict[str, dict], lang: str):
                 ax.fill_between(x, [s.lo for s in st], [s.hi for s in st], color=color, alpha=0.12, linewidth=0)
             ax.set_title(fw["title"].format(setting=cell[0], alpha=cell[1], n=len(recs)), fontsize=10)
             ax.set_xlabel(fw["x"])
-            plain_log_scale(ax)
+            core.plain_log_scale(ax)
         axes[0].set_ylabel(fw["y"])
         axes[0].legend(fontsize=8)
         fig.tight_layout()
@@ -225,11 +212,8 @@ def alpha_claims(records: Sequence[dict], alpha: float) -> tuple[judge.Compariso
 
 def best_alpha(records: Sequence[dict], setting: str, metric: str = "ppl") -> judge.Lowest:
     """The α with the lowest mean `metric` ("ppl": routed, "ppl_deep": layer 3 alone), judged against every other α."""
-    by_alpha = {a: core.select(records, setting=setting, alpha=a) for a in alphas(records, setting)}
-    first = next(iter(by_alpha.values()))
-    for recs in by_alpha.values():
-        core.paired(first, recs)
-    return judge.lowest({a: [core.value(r, metric) for r in recs] for a, recs in by_alpha.items()}, metric)
+    by_alpha = {a: Condition(core.select(records, setting=setting, alpha=a)) for a in alphas(records, setting)}
+    return lowest(by_alpha, metric=metric)
 
 
 def best_alpha_table(found: dict[tuple[str, str], judge.Lowest], lang: str) -> str:
@@ -284,7 +268,7 @@ def fig_alpha_grid(records: Sequence[dict], lang: str):
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("α")
             if metric != "shallow_frac":
-                plain_log_scale(ax)
+                core.plain_log_scale(ax)
         axes[0].legend(fontsize=8)
         fig.suptitle(words["title"], fontsize=11)
         fig.tight_layout()

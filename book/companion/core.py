@@ -317,12 +317,35 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 def fmt_diff(stat: Stat, metric: str) -> str:
+    """'+0.12 [-0.30, +0.54]': a paired difference (percentage points for a share) with its 95% interval.
+
+    When the interval excludes zero, an end that would round to zero gets more decimals, so that it shows
+    the sign that decides the verdict ([-0.06, -0.004], not [-0.06, -0.00])."""
     scale, unit = (100, " pp") if PERCENT[metric] else (1, "")
     digits = 2 if metric == "ppl" else 1
     if stat.half is None:
         return f"{scale * stat.mean:+.{digits}f}{unit}"
-    return (f"{scale * stat.mean:+.{digits}f}{unit} [{scale * stat.lo:+.{digits}f}, "
-            f"{scale * stat.hi:+.{digits}f}]")
+    lo, hi = scale * stat.lo, scale * stat.hi
+    excludes_zero = lo > 0 or hi < 0
+    return (f"{scale * stat.mean:+.{digits}f}{unit} [{_interval_end(lo, digits, excludes_zero)}, "
+            f"{_interval_end(hi, digits, excludes_zero)}]")
+
+
+MAX_DIGITS = 6  # an interval end closer to zero than this shows as zero whatever its sign
+
+
+def _interval_end(value: float, digits: int, excludes_zero: bool) -> str:
+    if excludes_zero:
+        while float(f"{value:.{digits}f}") == 0 and digits < MAX_DIGITS:
+            digits += 1
+    return f"{value:+.{digits}f}"
+
+
+def cell_name(cell: tuple[str, float], lang: str | None = None) -> str:
+    """A (setting, α) cell as tables and legends write it: 'A, α=0.7'; with `lang`, the setting's name
+    from labels ('Setting A, α=0.7')."""
+    setting = cell[0] if lang is None else labels(lang)["setting"][cell[0]]
+    return f"{setting}, α={cell[1]:g}"
 
 
 def short(value: Any) -> str:
@@ -387,8 +410,6 @@ def plain_log_scale(ax, which: str = "y") -> None:
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 
-
-PALETTE = {("A", 0.3): "#9ecae1", ("A", 0.5): "#4292c6", ("A", 0.7): "#08519c", ("B", 0.7): "#d94801"}
 
 def color(cell: tuple[str, float], i: int = 0) -> str:
     import seaborn as sns

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from companion import core, judge
-from companion.experiments import A, B, Condition, Lowest, alpha_conditions, lowest, threshold_conditions
+from companion.experiments import A, B, Condition, alpha_conditions, lowest, threshold_conditions
 
 KINDS = ("setting", "alpha", "threshold")  # what observations 1, 2, 3 choose between
 SYMBOLS = {"alpha": "α", "threshold": "τ"}
@@ -34,8 +34,8 @@ def option_name(kind: str, key, spaced: bool = False) -> str:
 class Observation:
     number: int
     kind: str  # one of KINDS
-    claimed: Lowest  # the document's option against every other (PPL, paired by seed, claimed lower)
-    runs_lowest: Lowest  # the option with the lowest mean PPL over seeds, against every other
+    claimed: judge.Lowest  # the document's option against every other (PPL, paired by seed, claimed lower)
+    runs_lowest: judge.Lowest  # the option with the lowest mean PPL over seeds, against every other
     stats: dict  # option -> its PPL over seeds
     doc: dict  # option -> the document's PPL
 

@@ -98,31 +98,13 @@ def doc_trend(values: Sequence[float]) -> str:
     return "not_monotonic"
 
 
-@dataclass
-class Lowest:
-    """Whether one condition has a lower metric than every other: its paired difference to each,
-    claimed negative."""
-
-    key: Hashable
-    stat: Stat  # its own mean over seeds
-    against: dict  # other key -> judge.Comparison (this − other)
-
-    @property
-    def verdict(self) -> str:
-        return judge.overall(list(self.against.values()))
-
-    @property
-    def case(self) -> str:
-        """The verdict, or 'single' when one seed leaves no interval."""
-        return "single" if any(c.stat.half is None for c in self.against.values()) else self.verdict
-
-
-def lowest(conditions: dict, key: Hashable | None = None, metric: str = "ppl") -> Lowest:
-    """`key` against every other condition; without a key, the condition with the lowest mean."""
-    if key is None:
-        key = min(conditions, key=lambda k: np.mean(conditions[k].values(metric)))
-    against = {k: compare(c, conditions[key], metric, -1) for k, c in conditions.items() if k != key}
-    return Lowest(key, conditions[key].stat(metric), against)
+def lowest(conditions: dict[Hashable, Condition], key: Hashable | None = None, metric: str = "ppl") -> judge.Lowest:
+    """judge.lowest on conditions read from the same seeds' records: `key` (default: the lowest mean)
+    against every other condition."""
+    first = next(iter(conditions.values())).records
+    for condition in conditions.values():
+        core.paired(first, condition.records)
+    return judge.lowest({k: c.values(metric) for k, c in conditions.items()}, metric, key)
 
 
 def seed_case(grid: core.Grid) -> str:
@@ -159,7 +141,7 @@ def step_rows(steps: Sequence[Step], name: Callable[[Hashable], str], metric_nam
             for s in steps]
 
 
-def claim_rows(steps: Sequence[Step], claim: Lowest, doc: dict, name: Callable[[Hashable], str]) -> list[tuple]:
+def claim_rows(steps: Sequence[Step], claim: judge.Lowest, doc: dict, name: Callable[[Hashable], str]) -> list[tuple]:
     """The steps, then the claimed-lowest option's comparisons that are not already a step."""
     rows = step_rows(steps, name)
     seen = {frozenset((s.first, s.second)) for s in steps}
@@ -178,10 +160,6 @@ def _result_columns(words: dict, doc_row: dict | None, grid: core.Grid, setting:
         row[f"{h[m]} {h['ours']}"] = core.fmt_stat(grid.stat(setting, alpha, m, threshold), m)
     row[h["seeds"]] = str(len(grid.cell(setting, alpha)))
     return row
-
-
-def _cell_label(cell: tuple[str, float], lang: str) -> str:
-    return f"{core.labels(lang)['setting'][cell[0]]}, α={cell[1]:g}"
 
 
 def fig_tradeoff(grid: core.Grid, published: dict, cells: Sequence[tuple[str, float]], lang: str,
@@ -204,7 +182,7 @@ def fig_tradeoff(grid: core.Grid, published: dict, cells: Sequence[tuple[str, fl
             per_t = [mean_ci(ppl[:, j]) for j in range(len(thresholds))]
             order = np.argsort(mean_compute)
             ax.plot(mean_compute[order], [per_t[j].mean for j in order], color=color, linewidth=2,
-                    label=_cell_label(cell, lang) + words["mean_of"].format(n=len(recs)))
+                    label=core.cell_name(cell, lang) + words["mean_of"].format(n=len(recs)))
             if len(recs) > 1:
                 ax.fill_between(mean_compute[order], [per_t[j].lo for j in order], [per_t[j].hi for j in order],
                                 color=color, alpha=0.2, linewidth=0)
@@ -219,7 +197,7 @@ def fig_tradeoff(grid: core.Grid, published: dict, cells: Sequence[tuple[str, fl
                 ax.plot([r["compute_pct"] for r in rows], [r["ppl"] for r in rows], linestyle="--",
                         marker=markers.get(setting, "o"), color=core.color(cell), markersize=8,
                         markeredgecolor="black", linewidth=1,
-                        label=words["document"].format(cell=_cell_label(cell, lang)))
+                        label=words["document"].format(cell=core.cell_name(cell, lang)))
                 for r in rows:
                     ax.annotate(f"{r['threshold']:g}", (r["compute_pct"], r["ppl"]), textcoords="offset points",
                                 xytext=(5, 4), fontsize=7)
@@ -249,8 +227,8 @@ class AlphaResults:
     """What the text of Experiment 5 says about α (setting A at the operating threshold)."""
 
     doc: dict[float, float]  # α -> the document's PPL
-    lowest: Lowest  # the α with the lowest mean PPL, against every other α
-    doc_best: Lowest  # the document's best α, against every other α (the document's claim)
+    lowest: judge.Lowest  # the α with the lowest mean PPL, against every other α
+    doc_best: judge.Lowest  # the document's best α, against every other α (the document's claim)
     steps: list[Step]  # neighbouring α, claimed to move as the document's PPL does
     trend: str  # of the runs' PPL along α (see `trend`)
     doc_trend: str  # of the document's PPL along α
@@ -278,6 +256,13 @@ def alpha_results(grid: core.Grid, published: dict) -> AlphaResults:
         steps=steps, trend=trend([s.comparison for s in steps]), doc_trend=doc_trend([doc[a] for a in sorted(doc)]),
         spread=float(max(means) - min(means)), at_doc_alpha=alpha6, stat_at_doc_alpha=mean_ci(values),
         doc_ppl_at_doc_alpha=doc[alpha6], against_document=against_document(values, doc[alpha6]))
+
+
+def at_doc_alpha_texts(r: AlphaResults) -> dict[str, str]:
+    """The runs' PPL at the document's α beside the document's, and their ratio (glue keys exp5_a07_*)."""
+    return {"exp5_a07_ppl": core.fmt_stat(r.stat_at_doc_alpha, "ppl"),
+            "exp5_a07_doc_ppl": f"{r.doc_ppl_at_doc_alpha:.2f}",
+            "exp5_a07_ratio": f"{r.stat_at_doc_alpha.mean / r.doc_ppl_at_doc_alpha:.2f}"}
 
 
 def alpha_comparisons_table(r: AlphaResults, lang: str) -> str:
@@ -332,8 +317,8 @@ class ThresholdResults:
 
     thresholds: list[float]  # the document's
     doc: dict[float, float]  # threshold -> the document's PPL
-    lowest: Lowest  # the threshold with the lowest mean PPL, against every other
-    doc_best: Lowest  # the document's threshold with the lowest PPL, against every other
+    lowest: judge.Lowest  # the threshold with the lowest mean PPL, against every other
+    doc_best: judge.Lowest  # the document's threshold with the lowest PPL, against every other
     steps: list[Step]  # neighbouring thresholds, claimed to move as the document's PPL does
     trend: str
     shallow_low: Stat  # Shallow at the lowest and the highest threshold

@@ -18,7 +18,6 @@ import pandas as pd
 from ease.stats import INCONCLUSIVE, REPRODUCED, Stat, mean_ci, verdict
 
 from companion import core, judge
-from companion.beyond import plain_log_scale
 
 CORPORA = ("wikitext-2", "placeholder")
 SUPPORTED, REJECTED = "supported", "rejected"  # and INCONCLUSIVE: the placeholder hypothesis's verdicts
@@ -179,10 +178,6 @@ def texts(f: Forensics, lang: str) -> dict[str, str]:
     }
 
 
-def _run(setting: str, alpha: float) -> str:
-    return f"{setting}, α={alpha:g}"
-
-
 def rows_table(f: Forensics, lang: str, sweep: bool) -> str:
     """The document's results rows (or, with `sweep`, its threshold rows) beside each corpus's runs:
     the best epoch at the operating threshold, or the sweep of the last epoch's weights."""
@@ -190,7 +185,7 @@ def rows_table(f: Forensics, lang: str, sweep: bool) -> str:
     h = words["table"]
     rows = []
     for (setting, alpha, t), doc in doc_rows(f.published, sweep).items():
-        row = {h["run"]: _run(setting, alpha)}
+        row = {h["run"]: core.cell_name((setting, alpha))}
         if sweep:
             row["τ"] = f"{t:.2f}"
         for metric, title in (("ppl", "PPL"), ("shallow_frac", "Shallow")):
@@ -254,8 +249,8 @@ def figure(f: Forensics, lang: str):
             ax.plot([min(values), max(values)], [min(values), max(values)], color="#888", linestyle="--",
                     linewidth=1, label=words["diagonal"])
             if metric == "ppl":
-                plain_log_scale(ax, "x")
-                plain_log_scale(ax, "y")
+                core.plain_log_scale(ax, "x")
+                core.plain_log_scale(ax, "y")
             title = "PPL" if metric == "ppl" else words["shallow"]
             ax.set_title(title, fontsize=10)
             ax.set_xlabel(words["x"].format(metric=title))

@@ -9,6 +9,7 @@ Two conditions run with the same seeds on the same data are compared by their pe
     c.stat, c.verdict, c.holds                # interval, verdict code, seeds with the claimed sign
     judge.verdict_word(c.verdict, "en")       # the verdict as the book prints it (from labels)
     judge.lowest({0.3: [...], 0.7: [...]}, "ppl")  # the lowest mean, judged against every other condition
+    judge.lowest({...}, "ppl", key=0.7)        # a claimed condition, judged against every other
 
 Any chapter that orders two conditions uses `compare` (or `Comparison` on differences it pairs
 itself), and shows `c.stat` (core.fmt_diff) beside the verdict.
@@ -57,10 +58,11 @@ def compare(first: Sequence[dict], second: Sequence[dict], metric: str, sign: in
 
 @dataclass
 class Lowest:
-    """The condition with the lowest mean, compared paired by seed with every other condition."""
+    """One condition (the lowest mean, or one a claim names) compared paired by seed with every other."""
 
     key: Hashable
-    against: dict[Hashable, Comparison]  # other condition -> value(lowest) − value(other) per seed, claimed < 0
+    stat: Stat  # its own values over seeds
+    against: dict[Hashable, Comparison]  # other condition -> value(key) − value(other) per seed, claimed < 0
 
     @property
     def verdict(self) -> str:
@@ -68,20 +70,27 @@ class Lowest:
         return overall(list(self.against.values()))
 
     @property
+    def case(self) -> str:
+        """The verdict, or 'single' when one seed leaves no interval."""
+        return "single" if self.stat.half is None else self.verdict
+
+    @property
     def closest(self) -> Hashable:
         """The other condition it is least clearly lower than: the highest upper end of the interval."""
         return max(self.against, key=lambda k: self.against[k].stat.hi)
 
 
-def lowest(per_seed: dict[Hashable, Sequence[float]], metric: str) -> Lowest:
-    """Which condition has the lowest mean of `metric`, judged against each other one (values in seed order,
-    the same seeds for every condition)."""
+def lowest(per_seed: dict[Hashable, Sequence[float]], metric: str, key: Hashable | None = None) -> Lowest:
+    """`key` against every other condition; without a key, the condition with the lowest mean of `metric`.
+    Values in seed order, the same seeds for every condition."""
     sizes = {len(v) for v in per_seed.values()}
     if len(sizes) != 1:
         raise ValueError(f"paired comparison needs one value per seed for every condition, got sizes {sizes}")
-    best = min(per_seed, key=lambda k: sum(per_seed[k]) / len(per_seed[k]))
-    return Lowest(best, {k: Comparison(metric, [b - o for b, o in zip(per_seed[best], v)], -1)
-                         for k, v in per_seed.items() if k != best})
+    if key is None:
+        key = min(per_seed, key=lambda k: sum(per_seed[k]) / len(per_seed[k]))
+    mine = per_seed[key]
+    return Lowest(key, mean_ci(mine), {k: Comparison(metric, [m - o for m, o in zip(mine, v)], -1)
+                                       for k, v in per_seed.items() if k != key})
 
 
 def overall(comparisons: Sequence[Comparison]) -> str:

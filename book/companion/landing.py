@@ -26,8 +26,7 @@ class Glance:
     fx_numbers: int
     equal_wins: int  # early exit better than the smaller dense model at its compute
     equal_pairs: int  # comparisons below full compute
-    gap: judge.Comparison  # real − simulated PPL per seed (setting A, α = 0.7, threshold 0.5)
-    large: dict  # the benchmark's large model at batch 1 near 50% Compute
+    real: real_exit.RealExit  # its gap (real − simulated PPL) and the benchmark's large model
 
     @property
     def a_vs_b(self) -> judge.Comparison:
@@ -48,12 +47,10 @@ def load(grid: core.Grid, published: dict, results=None) -> Glance:
     exp = core.grid_records("exp5-6", results)
     fx = forensics.matches(core.grid_records("forensics", results), published)
     smaller = [r for r in beyond.equal_compute(exp, core.grid_records("dense", results)) if r.compute < 1]
-    a7 = core.select(exp, setting="A", alpha=0.7)
-    large = next(r for r in core.load_bench(results)["nearest_50"] if r["model"] == "large" and r["batch"] == 1)
     return Glance(grid, experiments.alpha_results(grid, published), claims.evaluate(grid.records()),
                   claims.evaluate(exp), forensics.placeholder_verdict(fx), sum(m.closer == "placeholder" for m in fx),
                   len(fx), sum(r.comparison.verdict == REPRODUCED for r in smaller), len(smaller),
-                  real_exit.gap(a7, core.grid_analyses(a7, results)), large)
+                  real_exit.load(results))
 
 
 def claims_by_verdict(found: list[claims.Claim], lang: str) -> str:
@@ -72,15 +69,14 @@ def claims_by_verdict(found: list[claims.Claim], lang: str) -> str:
 def texts(g: Glance, lang: str) -> dict[str, str]:
     """The page's glued numbers and verdict words."""
     n_seeds = sorted({len(v) for v in g.grid.runs.values()})
+    large = g.real.large
     return {
         "n_runs": str(len(g.grid.records())),
         "n_cells": str(len(g.grid.cells)),
         "seeds": str(n_seeds[0]) if len(n_seeds) == 1 else f"{n_seeds[0]}–{n_seeds[-1]}",
         "exp5_best_alpha": f"{g.alpha.lowest.key:g}",
         "exp5_doc_best_alpha": f"{g.alpha.doc_best.key:g}",
-        "exp5_a07_ppl": core.fmt_stat(g.alpha.stat_at_doc_alpha, "ppl"),
-        "exp5_a07_doc_ppl": f"{g.alpha.doc_ppl_at_doc_alpha:.2f}",
-        "exp5_a07_ratio": f"{g.alpha.stat_at_doc_alpha.mean / g.alpha.doc_ppl_at_doc_alpha:.2f}",
+        **experiments.at_doc_alpha_texts(g.alpha),
         "gl_alpha_verdict": judge.verdict_word(g.book_claims[1].verdict, lang),
         "gl_ab_diff": core.fmt_diff(g.a_vs_b.stat, "ppl"),
         "gl_fx_verdict": core.labels(lang)["forensics"]["verdict"][g.fx_verdict],
@@ -89,8 +85,8 @@ def texts(g: Glance, lang: str) -> dict[str, str]:
         "gl_claims": claims_by_verdict(g.doc_rule_claims, lang),
         "gl_equal_wins": str(g.equal_wins),
         "gl_equal_pairs": str(g.equal_pairs),
-        "gl_large_layers": str(g.large["n_layers"]),
-        "gl_large_speedup": real_exit.times(g.large["speedup"], lang),
-        "gl_large_compute": core.fmt_value(g.large["compute_frac"], "compute_frac"),
-        "gl_large_theory": real_exit.times(g.large["theoretical_speedup"], lang),
+        "gl_large_layers": str(large["n_layers"]),
+        "gl_large_speedup": real_exit.times(large["speedup"], lang),
+        "gl_large_compute": core.fmt_value(large["compute_frac"], "compute_frac"),
+        "gl_large_theory": real_exit.times(large["theoretical_speedup"], lang),
     }

@@ -49,7 +49,7 @@ def real_exit_table(exp: Sequence[dict], analyses: dict[str, dict], lang: str) -
             def col(key: str, metric: str) -> str:
                 return core.fmt_stat(mean_ci(e[key] for e in entries), metric)
 
-            rows.append({h["run"]: f"{cell[0]}, α={cell[1]:g}", "τ": f"{t:.2f}",
+            rows.append({h["run"]: core.cell_name(cell), "τ": f"{t:.2f}",
                          "Shallow": col("shallow_frac", "shallow_frac"), h["ppl_sim"]: col("sim_ppl", "ppl"),
                          h["ppl_real"]: col("ppl", "ppl"), h["compute_layers"]: col("compute_frac", "compute_frac"),
                          h["compute_flops"]: col("flop_compute_frac", "compute_frac")})

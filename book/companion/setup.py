@@ -65,12 +65,11 @@ def setup_table(grid: core.Grid, published: dict, lang: str) -> str:
 def training_table(grid: core.Grid, lang: str) -> str:
     """Per cell: each seed's epochs and best epoch; the cell's mean training time and throughput."""
     h = core.labels(lang)["training"]
-    setting = core.labels(lang)["setting"]
     rows = []
     for s, alpha in grid.cells:
         recs = grid.cell(s, alpha)
         rows.append({
-            h["run"]: f"{setting[s]}, α={alpha:g}",
+            h["run"]: core.cell_name((s, alpha), lang),
             h["seeds"]: ", ".join(str(r["config"]["seed"]) for r in recs),
             h["epochs"]: ", ".join(str(r["metrics"]["epochs_run"]) for r in recs),
             h["best_epoch"]: ", ".join(str(r["metrics"]["best_epoch"]) for r in recs),
@@ -100,7 +99,6 @@ def fig_learning_curves(grid: core.Grid, lang: str):
     import matplotlib.pyplot as plt
 
     words = core.labels(lang)["learning"]
-    setting = core.labels(lang)["setting"]
     panels = ("val_ppl_shallow", "val_ppl_deep", "train_loss")
     with core.figure_style(lang):
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
@@ -110,7 +108,7 @@ def fig_learning_curves(grid: core.Grid, lang: str):
                 for ax, key in zip(axes, panels):
                     ax.plot([h["epoch"] for h in hist], [h[key] for h in hist], color=core.color(cell, i),
                             marker="o", markersize=3, linewidth=1.2, alpha=0.85,
-                            label=f"{setting[cell[0]]}, α={cell[1]:g}" if k == 0 else None)
+                            label=core.cell_name(cell, lang) if k == 0 else None)
         for ax, key in zip(axes, panels):
             ax.set_title(words[key], fontsize=10)
             ax.set_xlabel(words["epoch"])

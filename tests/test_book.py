@@ -142,14 +142,22 @@ def test_every_internal_link_resolves(built_book: Path):
 
 
 def test_language_switch_on_every_page(built_book: Path):
-    for lang, other in (("en", "ja"), ("ja", "en")):
-        root = built_book / lang
-        for page in html_files(root):
-            switch = soup(page).select_one("a.ease-lang-switch")
-            assert switch is not None, f"{page} has no language switch"
-            target = (page.parent / switch["href"]).resolve()
-            assert target == (built_book / other / page.relative_to(root)).resolve(), \
-                f"{page}: switch points to {switch['href']}"
+    """Each chapter links to itself in the other edition; the search and index pages to theirs. The
+    English edition's site root is the site's (chapters in en/), the Japanese one's is ja/."""
+    site_pages = {"genindex.html", "search.html"}
+    english = html_files(built_book / "en") + [built_book / name for name in site_pages]
+    japanese = html_files(built_book / "ja")
+    for page in english + japanese:
+        switch = soup(page).select_one("a.ease-lang-switch")
+        assert switch is not None, f"{page} has no language switch"
+        rel = page.relative_to(built_book)
+        if rel.name in site_pages and len(rel.parts) <= 2:
+            expected = built_book / ("ja" if page in english else "") / rel.name
+        else:
+            expected = built_book / ("ja" if page in english else "en") / Path(*rel.parts[1:])
+        target = (page.parent / switch["href"]).resolve()
+        assert target == expected.resolve(), f"{page}: switch points to {switch['href']}"
+        assert target.is_file(), f"{page}: switch points to a missing page {switch['href']}"
 
 
 def test_pages_declare_their_language(built_book: Path):
@@ -171,8 +179,8 @@ def test_result_tables_have_no_empty_or_nan_cells(built_book: Path):
 
 
 def test_japanese_search_index_has_japanese_terms(built_book: Path):
-    def index(lang: str) -> dict:
-        text = (built_book / lang / "searchindex.js").read_text(encoding="utf-8")
+    def index(lang: str) -> dict:  # the English edition's site root is the site's (its pages are in en/)
+        text = (built_book / ("" if lang == "en" else lang) / "searchindex.js").read_text(encoding="utf-8")
         return json.loads(text[text.index("(") + 1:text.rindex(")")])
 
     ja = index("ja")
@@ -231,8 +239,9 @@ def _build_module():
     return module
 
 
-def test_missing_executed_notebook_fails_clearly(tmp_path: Path, capsys):
+def test_missing_executed_notebook_fails_clearly(tmp_path: Path, capsys, monkeypatch):
     build = _build_module()
+    monkeypatch.delenv("EASE_RESULTS", raising=False)  # build.main sets it for its kernels: restored after
     shutil.copytree(REPO / "results" / "runs", tmp_path / "runs", ignore=shutil.ignore_patterns("*.pt"))
     with pytest.raises(SystemExit):
         build.main(["--results", str(tmp_path), "--out", str(tmp_path / "_build")])

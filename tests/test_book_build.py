@@ -93,13 +93,14 @@ def test_changed_inputs_re_execute_cached_pages(tmp_path):
         assert f"VALUE={value}" in page.read_text(encoding="utf-8")
 
 
-def test_jupyter_book_build_book_as_typed(built_book: Path):
+def test_jupyter_book_build_book_as_typed(built_book: Path, book_results: Path):
     """The README's `jupyter-book build book`, from the repository root: the English edition, complete."""
     from test_book import EXPECTED  # the chapters every edition has
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "\njupyter-book build book\n" in readme, "the README no longer prints the command tested here"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    # the records the fixture built the book from ($EASE_RESULTS, else results/), as a user's shell would hold
+    env = {**os.environ, "EASE_RESULTS": str(book_results), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(["jupyter-book", "build", "book"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=1800)
     output = proc.stdout + proc.stderr

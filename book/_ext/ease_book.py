@@ -31,6 +31,7 @@ from sphinx.util import logging
 BOOK = Path(__file__).resolve().parents[1]
 ROOT = BOOK.parent
 RUNS_DIR = Path("appendix") / "runs"  # inside each edition's folder
+SITE_PAGES = {"genindex", "search", "py-modindex"}  # pages Sphinx makes at a site's root
 logger = logging.getLogger(__name__)
 
 
@@ -147,14 +148,17 @@ def _add_switch(app, pagename, templatename, context, doctree) -> None:
     other = app.config.ease_book_other_lang
     if not other:
         return
-    # page names: "en/P" in the English edition (source book/), "P" in the Japanese (source book/ja)
-    name = pagename
+    # Chapters: "en/P" in the English edition (source book/, site root html/), "P" in the Japanese
+    # (source book/ja, site root html/ja/). The site's own pages (search, index of terms) sit at each
+    # edition's site root: html/search.html and html/ja/search.html.
     if app.config.language == "en":
-        if not pagename.startswith("en/"):
-            return  # the site's own pages (search, index of terms) have no counterpart
-        name = pagename[len("en/"):]
-    up = "../" * (name.count("/") + 1)  # from this page to the site root, which holds en/ and ja/
-    context["ease_other_lang"] = {**other, "href": f"{up}{other['code']}/{name}.html"}
+        href = f"{other['code']}/{pagename}.html" if not pagename.startswith("en/") else \
+            "../" * pagename.count("/") + f"{other['code']}/{pagename[len('en/'):]}.html"
+    elif pagename in SITE_PAGES:
+        href = f"../{pagename}.html"
+    else:
+        href = "../" * (pagename.count("/") + 1) + f"{other['code']}/{pagename}.html"
+    context["ease_other_lang"] = {**other, "href": href}
 
 
 def _join_japanese_lines(app, doctree) -> None:

@@ -13,12 +13,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from ease.config import RunConfig
 from ease.records import RecordError, check_file_name, load_record, read_json
+
+if TYPE_CHECKING:  # pandas is imported where tables are made: a training process never pays its import
+    import pandas as pd
 
 FILE_MODE = 0o644  # readable by all, as files written by a plain open() are (mkstemp makes 0600)
 
@@ -176,7 +177,7 @@ def load_results(results_dir: str | Path = "results") -> pd.DataFrame:
         rows.append({"run_id": record["run_id"], **config, **record["metrics"],
                      **{f"{k}": v for k, v in record["timing"].items()},
                      "sweep": record["sweep"], "history": record["history"]})
-    return pd.DataFrame(rows)
+    return _frame(rows)
 
 
 def _long(results_dir: str | Path, key: str) -> pd.DataFrame:
@@ -186,6 +187,12 @@ def _long(results_dir: str | Path, key: str) -> pd.DataFrame:
         ident = {"run_id": record["run_id"], "setting": c["setting"], "alpha": c["alpha"], "seed": c["seed"],
                  "n_layers": c["n_layers"], "corpus": c["corpus"], "train_chars": c["train_chars"]}
         rows += [{**ident, **entry} for entry in record[key]]
+    return _frame(rows)
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.DataFrame(rows)
 
 

@@ -160,3 +160,12 @@ def test_rotary_scores_depend_only_on_relative_position():
     assert torch.allclose(q.norm(dim=-1), q_vec.norm().expand(n), atol=1e-5)
     assert torch.allclose(q[0], q_vec)
     assert not torch.allclose(q[1], q_vec)
+
+
+def test_rotary_is_the_pairwise_rotation_exactly():
+    head_dim, n = 16, 10
+    cos, sin = rotary_tables(n, head_dim)
+    x = torch.randn(3, 2, n, head_dim, generator=torch.Generator().manual_seed(0))
+    x1, x2 = x.chunk(2, dim=-1)
+    pairwise = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    assert torch.equal(apply_rotary(x, cos, sin), pairwise)  # bit for bit, not merely close

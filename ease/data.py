@@ -155,6 +155,8 @@ class CharCorpus:
     train_ids: torch.Tensor
     val_ids: torch.Tensor
     provenance: dict | None = None
+    test_ids: torch.Tensor | None = None  # the held-out test text, when asked for (see `encode_test`)
+    test_unknown_chars: int = 0  # test characters outside the vocabulary (see `encode_test`)
 
     @property
     def vocab_size(self) -> int:
@@ -178,6 +180,22 @@ def build_corpus(train_text: str, val_text: str, vocab_from: str = "train+valid"
         return torch.tensor([index.get(ch, unknown) for ch in text], dtype=torch.long)
 
     return CharCorpus(vocab, encode(train_text), encode(val_text))
+
+
+def encode_test(corpus: CharCorpus, test_text: str) -> None:
+    """Encode held-out test text into `corpus.test_ids` with the corpus's vocabulary.
+
+    A test character the vocabulary lacks (WikiText-2's test split has 112 of 1,255,018 outside the
+    default run's vocabulary, e.g. 'é', '×', '→') cannot be predicted by a model without that output:
+    it becomes the unknown character where the vocabulary has one (vocab_from "train"), and is
+    left out of the text otherwise (its neighbours become neighbours). Either way the count is kept in
+    `corpus.test_unknown_chars`, and records report it.
+    """
+    index = {ch: i for i, ch in enumerate(corpus.vocab)}
+    unknown = index.get(UNKNOWN_CHAR)
+    ids = [index.get(ch, unknown) for ch in test_text]
+    corpus.test_unknown_chars = sum(1 for ch in test_text if ch not in index)
+    corpus.test_ids = torch.tensor([i for i in ids if i is not None], dtype=torch.long)
 
 
 # --- the text a run uses, and its provenance --------------------------------------------------
@@ -279,15 +297,24 @@ def check_data(corpus: str = "wikitext-2") -> dict:
 
 
 def load_corpus(corpus: str = "wikitext-2", train_chars: int = 200_000, val_chars: int = 20_000,
-                vocab_from: str = "train+valid") -> CharCorpus:
+                vocab_from: str = "train+valid", test_chars: int = 0) -> CharCorpus:
     """The first `train_chars` of the train split and the first `val_chars` of the validation split,
-    encoded, with the text's provenance (`data_provenance`) in `provenance`.
+    encoded, with the text's provenance (`data_provenance`) in `provenance`; with `test_chars` also the
+    first `test_chars` of the test split (-1: all of it) in `test_ids` (see `encode_test`).
 
-    For the "placeholder" corpus the sizes go through the original code's formula instead.
+    For the "placeholder" corpus the sizes go through the original code's formula instead; it has no
+    test split.
     """
     text = corpus_text(corpus, train_chars, val_chars)
     corpus_ids = build_corpus(text.train, text.valid, vocab_from)
     corpus_ids.provenance = text.provenance()
+    if test_chars:
+        if text.test is None:
+            raise DataError(f"corpus {corpus!r} has no test split (test.txt), but test_chars={test_chars} asks for it")
+        if test_chars > len(text.test):
+            raise DataError(f"the test split of {corpus!r} has {len(text.test)} characters, "
+                            f"{test_chars - len(text.test)} fewer than test_chars={test_chars}")
+        encode_test(corpus_ids, text.test if test_chars == -1 else text.test[:test_chars])
     return corpus_ids
 
 

@@ -24,6 +24,7 @@ class TokenStats:
     ce_last: torch.Tensor  # cross-entropy of the last layer's prediction
     exit_layer: int
     n_layers: int
+    agree: torch.Tensor | None = None  # exit layer's argmax == last layer's argmax
 
     def __len__(self) -> int:
         return self.confidence.numel()
@@ -70,7 +71,7 @@ def collect_token_stats(model, inputs: torch.Tensor, targets: torch.Tensor, exit
         raise ValueError(f"exit_layer must be within 1..{n_layers}, got {exit_layer}")
     was_training = model.training
     model.eval()
-    conf, ce_exit, ce_last = [], [], []
+    conf, ce_exit, ce_last, agree = [], [], [], []
     for x, y in zip(inputs, targets):
         x, y = x.to(device), y.reshape(-1).to(device)
         logits = model(x, layers=(exit_layer, n_layers))
@@ -79,9 +80,10 @@ def collect_token_stats(model, inputs: torch.Tensor, targets: torch.Tensor, exit
         conf.append(log_p_exit.max(dim=-1).values.exp())
         ce_exit.append(-log_p_exit.gather(1, y[:, None]).squeeze(1))
         ce_last.append(-log_p_last.gather(1, y[:, None]).squeeze(1))
+        agree.append(log_p_exit.argmax(dim=-1) == log_p_last.argmax(dim=-1))
     model.train(was_training)
     return TokenStats(torch.cat(conf).cpu(), torch.cat(ce_exit).cpu(), torch.cat(ce_last).cpu(),
-                      exit_layer, n_layers)
+                      exit_layer, n_layers, torch.cat(agree).cpu())
 
 
 # --- other confidence measures and oracles -------------------------------------------------------
@@ -177,3 +179,52 @@ def oracle_ppl(ce_exit: torch.Tensor, ce_last: torch.Tensor, fractions: Iterable
     """The best PPL any exit rule can reach at each Shallow%: the tokens that exit are those whose
     exit-layer prediction loses least (or gains most) against the last layer's."""
     return matched_ppl(ce_last.double() - ce_exit.double(), ce_exit, ce_last, fractions)
+
+
+# --- held-out text: totals per contiguous block, for intervals that resample the text ------------
+def block_sums(stats: TokenStats, thresholds: Iterable[float], n_blocks: int) -> dict[str, list]:
+    """Sums per contiguous block of tokens (token order kept), from which any block resample's routed
+    PPL, Shallow% and oracle PPLs follow exactly: a block's PPL contribution is its CE sum, its weight
+    its token count.
+
+    Keys: tokens, ce_exit, ce_last, ce_label_oracle (each token's better layer), consistency_exits and
+    ce_consistency (exit where the exit layer's argmax equals the last layer's), and per threshold of
+    `thresholds` (max-prob routing) sweep_exits and sweep_ce: lists [threshold][block].
+    """
+    n = len(stats)
+    if not 1 <= n_blocks <= n:
+        raise ValueError(f"n_blocks must be within 1..{n} (the number of tokens), got {n_blocks}")
+    bounds = torch.linspace(0, n, n_blocks + 1).round().long().tolist()
+
+    def per_block(values: torch.Tensor) -> list:
+        cum = torch.cat([torch.zeros(1, dtype=torch.float64), values.double().cumsum(0)])
+        return [(cum[b] - cum[a]).item() for a, b in zip(bounds, bounds[1:])]
+
+    ce_exit, ce_last, conf = stats.ce_exit.double(), stats.ce_last.double(), stats.confidence
+    sums = {"tokens": [b - a for a, b in zip(bounds, bounds[1:])],
+            "ce_exit": per_block(ce_exit), "ce_last": per_block(ce_last),
+            "ce_label_oracle": per_block(torch.minimum(ce_exit, ce_last)),
+            "consistency_exits": [round(v) for v in per_block(stats.agree)],
+            "ce_consistency": per_block(torch.where(stats.agree, ce_exit, ce_last)),
+            "sweep_exits": [], "sweep_ce": []}
+    for t in thresholds:
+        exits = conf >= t
+        sums["sweep_exits"].append([round(v) for v in per_block(exits)])
+        sums["sweep_ce"].append(per_block(torch.where(exits, ce_exit, ce_last)))
+    return sums
+
+
+@torch.no_grad()
+def layer_losses(model, inputs: torch.Tensor, targets: torch.Tensor, layers: Iterable[int],
+                 device: str | torch.device = "cpu") -> dict[int, float]:
+    """Mean cross-entropy of each layer in `layers` over batches [n_batches, B, T]."""
+    layers = sorted(set(layers))
+    was_training = model.training
+    model.eval()
+    totals = {layer: torch.zeros((), dtype=torch.float64) for layer in layers}
+    for x, y in zip(inputs, targets):
+        y = y.reshape(-1).to(device)
+        for layer, logits in model(x.to(device), layers=layers).items():
+            totals[layer] += F.cross_entropy(logits.reshape(y.numel(), -1).float(), y, reduction="sum").double().cpu()
+    model.train(was_training)
+    return {layer: (total / targets.numel()).item() for layer, total in totals.items()}

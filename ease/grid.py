@@ -58,9 +58,12 @@ class GridError(ValueError):
 
 
 # --- configs -------------------------------------------------------------------------------
+SMOKE_TEST_CHARS = 20_000  # a run that evaluates test text reads this much of it at smoke size
+
+
 def smoke_config(config: RunConfig) -> RunConfig:
-    """The same config at smoke size."""
-    return config.replace(**SMOKE)
+    """The same config at smoke size (a run with test text keeps some, SMOKE_TEST_CHARS of it)."""
+    return config.replace(**SMOKE, **({"test_chars": SMOKE_TEST_CHARS} if config.test_chars else {}))
 
 
 # --- grids ---------------------------------------------------------------------------------

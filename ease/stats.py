@@ -117,3 +117,71 @@ def pareto_front(compute: Sequence[float], ppl: Sequence[float]) -> list[int]:
             front.append(i)
             best_ppl = points[i][1]
     return front
+
+
+# --- intervals that cover the evaluation text too ------------------------------------------------
+@dataclass(frozen=True)
+class TextAwareDiff:
+    """A paired difference averaged over seeds, with a percentile interval and a two-sided p-value from
+    a bootstrap that resamples seeds and contiguous blocks of the evaluation text."""
+
+    mean: float
+    lo: float
+    hi: float
+    p: float
+    n_seeds: int
+    n_blocks: int
+
+
+def block_ppl(ce_sums: np.ndarray, tokens: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """PPL from per-block CE sums [..., blocks] and block token counts [blocks]; with block weights
+    [replicates, blocks] (how often each block is drawn), one PPL per replicate in the last axis."""
+    ce_sums, tokens = np.asarray(ce_sums, float), np.asarray(tokens, float)
+    if weights is None:
+        return np.exp(ce_sums.sum(-1) / tokens.sum())
+    return np.exp((ce_sums @ weights.T) / (weights @ tokens))
+
+
+def text_aware_diff(ce_a: Sequence, ce_b: Sequence, tokens: Sequence[int], replicates: int = 4000,
+                    level: float = CI_LEVEL, seed: int = 0) -> TextAwareDiff:
+    """mean over seeds of PPL_b - PPL_a, where a and b are two conditions run with the same seeds and
+    evaluated on the same text, given as CE sums per seed and block ([seeds, blocks]) and the blocks'
+    token counts.
+
+    Each bootstrap replicate draws seeds with replacement (the same seeds for a and b: paired) and
+    blocks with replacement (the same blocks for every seed and both sides: the text is shared), so
+    the interval covers both the seed-to-seed spread and which text was evaluated. The p-value is the
+    two-sided bootstrap p of "no difference" (twice the smaller tail share at 0, at most 1). The
+    generator is seeded: the same inputs give the same interval.
+    """
+    a, b, n = np.asarray(ce_a, float), np.asarray(ce_b, float), np.asarray(tokens, float)
+    if a.ndim != 2 or a.shape != b.shape or a.shape[1] != n.size:
+        raise ValueError(f"ce_a and ce_b must be [seeds, blocks] of one shape matching tokens, got "
+                         f"{a.shape}, {b.shape} and {n.size} blocks")
+    n_seeds, n_blocks = a.shape
+    if n_seeds < 2 or n_blocks < 2:
+        raise ValueError("a text-aware interval needs at least 2 seeds and 2 blocks")
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(n_blocks, np.full(n_blocks, 1 / n_blocks), size=replicates).astype(float)
+    diff = block_ppl(b, n, weights) - block_ppl(a, n, weights)  # [seeds, replicates]
+    seeds = rng.integers(0, n_seeds, size=(replicates, n_seeds))
+    boot = diff[seeds, np.arange(replicates)[:, None]].mean(axis=1)
+    point = float((block_ppl(b, n) - block_ppl(a, n)).mean())
+    lo, hi = np.quantile(boot, [0.5 - level / 2, 0.5 + level / 2])
+    p = min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean()))
+    return TextAwareDiff(point, float(lo), float(hi), float(p), n_seeds, n_blocks)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control over the given tests, in their
+    order): reject test i at level α when its adjusted p is below α."""
+    p = np.asarray(pvalues, float)
+    if p.ndim != 1 or np.any((p < 0) | (p > 1)) or np.any(~np.isfinite(p)):
+        raise ValueError(f"p-values must be a list of numbers in [0, 1], got {list(pvalues)}")
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (p.size - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()

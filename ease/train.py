@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from tqdm import tqdm  # plain text bar: also fine in notebooks without ipywidge
 
 from ease.config import RunConfig
 from ease.data import CharCorpus, load_corpus, make_batches
-from ease.exits import TokenStats, collect_token_stats, summary, sweep
+from ease.exits import TokenStats, block_sums, collect_token_stats, layer_losses, summary, sweep
 from ease.losses import trained_layers, weighted_loss
 from ease.model import EarlyExitLM, ModelConfig
 from ease.records import SCHEMA_VERSION, check_record, code_provenance
@@ -55,8 +56,9 @@ class TrainResult:
 def train_model(config: RunConfig, corpus: CharCorpus, device: str = "cpu", progress: bool = True) -> TrainResult:
     """AdamW with gradient clipping; evaluate each epoch; keep the best epoch's weights.
 
-    Early stopping watches the last layer's validation PPL: training stops once it has not
-    improved for more than `patience` epochs (patience 0: at the first worse epoch). With
+    Early stopping and the kept epoch watch the last layer's validation PPL (select_on "deep") or
+    the run's own weighted loss on the validation text (select_on "objective"): training stops once
+    it has not improved for more than `patience` epochs (patience 0: at the first worse epoch). With
     lr_schedule "cosine" the learning rate decays step by step to 0 at the end of max_epochs.
     """
     dev = pick_device(device)
@@ -70,6 +72,12 @@ def train_model(config: RunConfig, corpus: CharCorpus, device: str = "cpu", prog
     val_x, val_y = make_batches(corpus.val_ids, config.seq_len, config.batch_size)
     train_x, train_y = train_x.to(dev), train_y.to(dev)
     layers = trained_layers(config.weights)
+
+    def training_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return weighted_loss(model(x, layers=layers), y, config.weights)
+
+    if config.compile:  # compiled on the first step, inside the timed loop: its cost is counted in train_s
+        training_loss = compiled(training_loss)
     result = TrainResult(model)
     best_ppl, best_state, since_best = float("inf"), None, 0
     start = time.perf_counter()
@@ -80,8 +88,7 @@ def train_model(config: RunConfig, corpus: CharCorpus, device: str = "cpu", prog
         # batches in order, as the original code; `shuffle` permutes them each epoch instead
         order = torch.randperm(len(train_x), generator=generator) if config.shuffle else torch.arange(len(train_x))
         for i in order.tolist():
-            logits = model(train_x[i], layers=layers)
-            loss = weighted_loss(logits, train_y[i], config.weights)
+            loss = training_loss(train_x[i], train_y[i])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip, foreach=True)
@@ -99,12 +106,17 @@ def train_model(config: RunConfig, corpus: CharCorpus, device: str = "cpu", prog
         result.history.append({"epoch": epoch, "train_loss": train_loss, "val_ppl": val["ppl"],
                                "val_ppl_shallow": val["ppl_shallow"], "val_ppl_deep": val["ppl_deep"],
                                "val_shallow_frac": val["shallow_frac"]})
+        watched = val["ppl_deep"]
+        if config.select_on == "objective":  # the run's own loss on the validation text
+            losses = layer_losses(model, val_x, val_y, layers, dev)
+            watched = sum(config.weights[layer] * ce for layer, ce in losses.items())
+            result.history[-1]["val_objective"] = watched
         bar.set_postfix(loss=f"{train_loss:.3f}", val_ppl_deep=f"{val['ppl_deep']:.2f}")
-        if not all(map(math.isfinite, val.values())):  # the epoch's last steps can break the weights
+        if not all(map(math.isfinite, [*val.values(), watched])):  # the epoch's last steps can break the weights
             raise NonFiniteLossError(f"{config.run_id}: validation metrics became non-finite in epoch {epoch} "
                                      f"({val}); lower lr or check the loss weights")
-        if val["ppl_deep"] < best_ppl:
-            best_ppl, since_best, result.best_epoch = val["ppl_deep"], 0, epoch
+        if watched < best_ppl:
+            best_ppl, since_best, result.best_epoch = watched, 0, epoch
             best_state = copy.deepcopy(model.state_dict())
         else:
             since_best += 1
@@ -116,6 +128,13 @@ def train_model(config: RunConfig, corpus: CharCorpus, device: str = "cpu", prog
         result.last_state = copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
     return result
+
+
+def compiled(fn):
+    """torch.compile with its compiled code cached on disk, so only a machine's first run of a given
+    shape pays the full compile (tens of seconds on CPU); later runs load it in a few seconds."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "ease" / "torchinductor"))
+    return torch.compile(fn)
 
 
 def environment(device: torch.device) -> dict:
@@ -135,7 +154,7 @@ def run(config: RunConfig, results_dir: str | Path = "results", device: str = "c
     """
     if not isinstance(config, RunConfig):
         raise TypeError(f"run() needs a RunConfig, got {type(config).__name__}")
-    corpus = load_corpus(config.corpus, config.train_chars, config.val_chars, config.vocab_from)
+    corpus = load_corpus(config.corpus, config.train_chars, config.val_chars, config.vocab_from, config.test_chars)
     fingerprint = corpus.provenance["fingerprint"]
     if not retrain and (record := find_record(config, results_dir, fingerprint)) is not None:
         return record
@@ -164,6 +183,7 @@ def _train_and_record(config: RunConfig, corpus: CharCorpus, results_dir: str | 
         stats = collect_token_stats(last_model, val_x, val_y, config.exit_layer, dev)
         metrics["sweep_epoch"] = len(trained.history)
     sweep_rows = sweep(stats, config.sweep_thresholds)
+    test = held_out(trained.model, corpus, config, dev) if corpus.test_ids is not None else None
     eval_s = time.perf_counter() - start
 
     record = {
@@ -178,6 +198,8 @@ def _train_and_record(config: RunConfig, corpus: CharCorpus, results_dir: str | 
                    "tokens_per_s": trained.train_tokens / trained.train_s},
         "provenance": {"data": corpus.provenance, "code": code_provenance()},
     }
+    if test is not None:
+        record["test"] = test
     check_record(record, record_path(results_dir, config.run_id))  # never write a record readers would refuse
     # Checkpoint first, record last: a record on disk means the whole run finished.
     state = {"config": config.to_dict(), "vocab": corpus.vocab,
@@ -185,6 +207,26 @@ def _train_and_record(config: RunConfig, corpus: CharCorpus, results_dir: str | 
     atomic_write(checkpoint_path(results_dir, config.run_id), lambda f: torch.save(state, f))
     write_json(record_path(results_dir, config.run_id), record)
     return record
+
+
+# Held-out intervals resample contiguous blocks of the test text: 50 blocks of about 25,000 characters,
+# about one WikiText article each, so tokens inside a block (dependent) stay together.
+TEST_BLOCKS = 50
+
+
+def held_out(model: EarlyExitLM, corpus: CharCorpus, config: RunConfig, dev: torch.device) -> dict:
+    """The kept model on the held-out test text: routed metrics at config.threshold, the sweep, the two
+    oracles, and per-block sums for intervals over the text (ease.exits.block_sums)."""
+    test_x, test_y = make_batches(corpus.test_ids, config.seq_len, config.batch_size)
+    stats = collect_token_stats(model, test_x, test_y, config.exit_layer, dev)
+    label = torch.minimum(stats.ce_exit, stats.ce_last)
+    consistency = torch.where(stats.agree, stats.ce_exit, stats.ce_last)
+    return {"unknown_chars": corpus.test_unknown_chars, "tokens": len(stats), "blocks": TEST_BLOCKS,
+            "metrics": summary(stats, config.threshold), "sweep": sweep(stats, config.sweep_thresholds),
+            "oracles": {"label_ppl": math.exp(label.double().mean().item()),
+                        "consistency_ppl": math.exp(consistency.double().mean().item()),
+                        "consistency_shallow_frac": stats.agree.double().mean().item()},
+            "block_sums": block_sums(stats, config.sweep_thresholds, TEST_BLOCKS)}
 
 
 def load_checkpoint(results_dir: str | Path, config: RunConfig) -> tuple[EarlyExitLM, list[str]]:

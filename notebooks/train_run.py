@@ -30,6 +30,7 @@ import warnings
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from IPython.display import display
 from matplotlib.ticker import MaxNLocator
 
 # tqdm.auto asks for ipywidgets, which is not needed: its text progress bar works as well
@@ -60,6 +61,7 @@ corpus = None
 train_chars = None
 val_chars = None
 vocab_from = None  # "train+valid" or "train"
+test_chars = None  # held-out test characters evaluated after training: 0 none, -1 the whole test split
 seq_len = None
 batch_size = None
 shuffle = None
@@ -68,7 +70,9 @@ lr = None
 grad_clip = None
 max_epochs = None
 patience = None
+select_on = None  # what picks the kept epoch: "deep" (last layer's PPL) or "objective" (the run's own loss)
 lr_schedule = None  # "constant" or "cosine" (decay to 0 over max_epochs)
+compile = None  # True: torch.compile the training step (faster; numbers differ from eager at float tolerance)
 # early exit: exit at `exit_layer` when its max softmax probability >= threshold
 exit_layer = None
 threshold = None
@@ -125,11 +129,27 @@ axes[0].figure.suptitle(config.run_id)
 axes[0].figure.tight_layout()
 
 # %% [markdown]
+# ## Held-out test text
+#
+# With `test_chars` set, the kept model is also evaluated once on the test split, text that chose
+# nothing (neither the epoch nor a threshold). The validation numbers above next to the test ones:
+
+# %%
+if "test" in record:
+    test = record["test"]
+    print(f"{test['tokens']:,} test tokens ({test['unknown_chars']} characters outside the vocabulary)")
+    display(pd.DataFrame({"validation": record["metrics"], "test": test["metrics"]})
+            .loc[["ppl", "shallow_frac", "compute_frac", "ppl_shallow", "ppl_deep"]].round(4))
+else:
+    print("no test text evaluated (test_chars = 0, as the document)")
+
+# %% [markdown]
 # ## Learning curve
 #
 # Training loss (the weighted sum of per-layer losses) and validation perplexities after each
-# epoch; training stops once the last layer's validation perplexity stops improving, and the
-# best epoch's weights are kept.
+# epoch. The kept epoch is the best by the last layer's validation perplexity (`select_on`
+# "deep", the document's rule) or by the run's own loss on the validation text ("objective");
+# training stops once that has not improved for more than `patience` epochs.
 
 # %%
 history = pd.DataFrame(record["history"])

@@ -209,6 +209,10 @@ def test_bad_vocab_source():
     ("lr", "1e-3", "lr must be a positive number, got '1e-3'"),
     ("grad_clip", -1.0, "grad_clip must be a positive number"),
     ("shuffle", "yes", "shuffle must be true or false, got 'yes'"),
+    ("compile", 1, "compile must be true or false, got 1"),
+    ("test_chars", -2, "test_chars must be a number of characters, 0 \\(no test text\\) or -1"),
+    ("test_chars", 1.5, "test_chars must be an integer"),
+    ("select_on", "loss", "select_on must be one of \\('deep', 'objective'\\), got 'loss'"),
 ])
 def test_bad_types_and_ranges(field_name, value, message):
     with pytest.raises(ValueError, match=message):
@@ -289,7 +293,7 @@ FIELD_CHANGES = {
     "corpus": "/tmp/other-corpus", "train_chars": 1000, "val_chars": 500, "vocab_from": "train",
     "seq_len": 32, "batch_size": 8, "shuffle": True, "lr": 2e-3, "grad_clip": 0.5, "max_epochs": 5,
     "patience": 2, "exit_layer": 2, "threshold": 0.9, "sweep_thresholds": (0.5, 0.9),
-    "lr_schedule": "cosine", "sweep_weights": "last",
+    "lr_schedule": "cosine", "sweep_weights": "last", "compile": True, "test_chars": 1000, "select_on": "objective",
 }
 
 

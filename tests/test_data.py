@@ -466,3 +466,27 @@ def test_placeholder_is_never_a_fallback(tmp_path, monkeypatch):
         load_split("train", "placeholder")
     with pytest.raises(ValueError, match="at least 45"):
         placeholder_text("train", 10)
+
+
+# --- held-out test text -------------------------------------------------------------------------
+
+def test_test_text_is_read_when_asked_and_unknown_characters_are_counted(tmp_path):
+    folder = _write_corpus(tmp_path / "c", {"train": "abcabc", "valid": "cab", "test": "abzcaé"})
+    assert load_corpus(str(folder), 6, 3).test_ids is None  # not asked for: not read
+    corpus = load_corpus(str(folder), 6, 3, test_chars=-1)
+    # the train+valid vocabulary has no slot for 'z' or 'é': they are left out, and counted
+    assert corpus.test_unknown_chars == 2
+    assert [corpus.vocab[i] for i in corpus.test_ids] == list("abca")
+    assert [corpus.vocab[i] for i in load_corpus(str(folder), 6, 3, test_chars=3).test_ids] == list("ab")
+    # a train-only vocabulary has the unknown character: they become it
+    train_only = load_corpus(str(folder), 6, 3, "train", test_chars=-1)
+    assert "".join(train_only.vocab[i] for i in train_only.test_ids) == "ab\ufffdca\ufffd"
+    assert train_only.test_unknown_chars == 2
+
+
+def test_test_text_asked_but_missing_or_short(tmp_path):
+    folder = _write_corpus(tmp_path / "c", {"train": "abcabc", "valid": "cab", "test": "abc"})
+    with pytest.raises(DataError, match="test split .* has 3 characters, 7 fewer than test_chars=10"):
+        load_corpus(str(folder), 6, 3, test_chars=10)
+    with pytest.raises(DataError, match="no test split"):
+        load_corpus("placeholder", 100_000, 10_000, test_chars=-1)

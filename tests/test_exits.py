@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ease.config import FINE_THRESHOLDS
 from ease.data import make_batches
-from ease.exits import TokenStats, collect_token_stats, route, summary, sweep
+from ease.exits import TokenStats, block_sums, collect_token_stats, layer_losses, route, summary, sweep
 from ease.model import EarlyExitLM, ModelConfig
 
 VOCAB = 11
@@ -248,3 +248,47 @@ def test_collect_exit_measures_agrees_with_collect_token_stats():
     assert torch.equal(m.agree, agree)
     with pytest.raises(ValueError, match="below the last layer"):
         collect_exit_measures(model, x, y, exit_layer=3)
+
+
+# --- held-out text: block sums and per-layer losses ------------------------------------------------
+
+def test_block_sums_add_up_to_the_routed_totals(batches):
+    stats = collect_token_stats(tiny_model(), *batches, exit_layer=1)
+    thresholds = (0.0, 0.1, 0.2, 1.1)
+    sums = block_sums(stats, thresholds, n_blocks=5)
+    n = len(stats)
+    assert sum(sums["tokens"]) == n and len(sums["tokens"]) == 5 and min(sums["tokens"]) >= n // 5
+    assert math.exp(sum(sums["ce_last"]) / n) == pytest.approx(summary(stats, 0.5)["ppl_deep"], rel=1e-12)
+    for t, exits, ce in zip(thresholds, sums["sweep_exits"], sums["sweep_ce"]):
+        routed = route(stats, t)
+        assert sum(exits) / n == routed["shallow_frac"]
+        assert math.exp(sum(ce) / n) == pytest.approx(routed["ppl"], rel=1e-12)
+    assert sum(sums["consistency_exits"]) == int(stats.agree.sum())
+    better = torch.minimum(stats.ce_exit, stats.ce_last).double().sum().item()
+    assert sum(sums["ce_label_oracle"]) == pytest.approx(better, rel=1e-12)
+
+
+def test_block_sums_keep_token_order():
+    # each block holds a contiguous stretch: the CE sums of 4 blocks of 2 tokens follow the tokens
+    ce = torch.arange(8, dtype=torch.float32)
+    stats = TokenStats(torch.zeros(8), ce, ce, 1, 3, torch.zeros(8, dtype=torch.bool))
+    assert block_sums(stats, [0.5], 4)["ce_exit"] == [1.0, 5.0, 9.0, 13.0]
+    with pytest.raises(ValueError, match="n_blocks"):
+        block_sums(stats, [0.5], 9)
+
+
+def test_agree_is_whether_the_two_layers_predict_the_same_token(batches):
+    model = tiny_model()
+    stats = collect_token_stats(model, *batches, exit_layer=1)
+    with torch.no_grad():
+        out = [model.eval()(x, layers=[1, 3]) for x in batches[0]]
+    expected = torch.cat([(o[1].argmax(-1) == o[3].argmax(-1)).reshape(-1) for o in out])
+    assert torch.equal(stats.agree, expected)
+
+
+def test_layer_losses_are_each_layers_mean_cross_entropy(batches):
+    model = tiny_model()
+    _, ce_exit, ce_last = direct_stats(model, *batches, exit_layer=2)
+    losses = layer_losses(model, *batches, layers=[3, 2])
+    assert losses[2] == pytest.approx(ce_exit.double().mean().item(), rel=1e-6)
+    assert losses[3] == pytest.approx(ce_last.double().mean().item(), rel=1e-6)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from scipy import stats as sps
 
-from ease.stats import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Stat, combine, diff_ci, holds_count, mean_ci,
-                        paired_ci, pareto_front, verdict)
+from ease.stats import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Stat, combine, diff_ci, holds_count, holm, mean_ci,
+                        paired_ci, pareto_front, text_aware_diff, verdict)
 
 
 def test_mean_ci_of_a_known_sample():
@@ -81,3 +82,49 @@ def test_pareto_front_on_hand_made_points():
 def test_pareto_front_rejects_nan():
     with pytest.raises(ValueError, match="finite"):
         pareto_front([0.5, float("nan")], [1.0, 2.0])
+
+
+# --- text-aware intervals and Holm ---------------------------------------------------------------
+
+def test_holm_matches_the_step_down_rule_by_hand():
+    # sorted p: 0.01 (x4 = 0.04), 0.02 (x3 = 0.06), 0.03 (x2 = 0.06, kept monotone), 0.5 (x1)
+    assert holm([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.06, 0.5, 0.04, 0.06])
+    assert holm([0.4, 0.4]) == pytest.approx([0.8, 0.8])
+    with pytest.raises(ValueError):
+        holm([0.1, 1.5])
+
+
+def _blocks(rng, seeds, blocks, shift):
+    tokens = np.full(blocks, 1000)
+    base = rng.normal(1.9, 0.05, size=(1, blocks)) * tokens  # text difficulty shared by every seed
+    return tokens, base + rng.normal(0, 5, size=(seeds, blocks)), base + rng.normal(0, 5, size=(seeds, blocks)) + shift
+
+
+def test_text_aware_diff_point_and_interval():
+    rng = np.random.default_rng(1)
+    tokens, a, b = _blocks(rng, 5, 40, shift=20.0)  # b is worse: +0.02 nats per token
+    result = text_aware_diff(a, b, tokens)
+    expected = (np.exp(b.sum(1) / tokens.sum()) - np.exp(a.sum(1) / tokens.sum())).mean()
+    assert result.mean == pytest.approx(expected)
+    assert 0 < result.lo < result.mean < result.hi and result.p < 0.01
+    assert text_aware_diff(a, b, tokens) == result  # seeded: the same interval every time
+    same = text_aware_diff(a, a + rng.normal(0, 5, size=a.shape), tokens)
+    assert same.lo < 0 < same.hi and same.p > 0.05
+
+
+def test_text_aware_interval_widens_with_the_texts_own_spread():
+    # the same seed-level noise, but a difference that varies from block to block: only an interval
+    # that resamples the text sees that spread
+    rng = np.random.default_rng(2)
+    tokens, a, _ = _blocks(rng, 5, 40, shift=0.0)
+    steady = a + 20.0
+    uneven = a + 20.0 + np.tile(rng.normal(0, 60, size=(1, 40)), (5, 1))
+    assert text_aware_diff(a, uneven, tokens).hi - text_aware_diff(a, uneven, tokens).lo > \
+        2 * (text_aware_diff(a, steady, tokens).hi - text_aware_diff(a, steady, tokens).lo)
+
+
+def test_text_aware_diff_bad_shapes():
+    with pytest.raises(ValueError, match="seeds, blocks"):
+        text_aware_diff(np.ones((3, 4)), np.ones((3, 5)), np.ones(4))
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        text_aware_diff(np.ones((1, 4)), np.ones((1, 4)), np.ones(4))

@@ -518,3 +518,50 @@ def test_cosine_schedule_decays_to_zero(small_corpus, monkeypatch):
     assert all(b < a for a, b in zip(seen, seen[1:]))  # strictly decreasing, step by step
     steps = len(seen)
     assert seen[-1] == pytest.approx(1e-3 * (1 + math.cos(math.pi * (steps - 1) / steps)) / 2)
+
+
+def test_compiled_training_repeats_exactly_and_matches_eager_closely(small_corpus):
+    cfg = RunConfig(train_chars=2000, val_chars=300, seq_len=16, batch_size=4, dim=16, n_heads=2, max_epochs=2,
+                    patience=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as run() and the pipeline give each run (compiled kernels may add up in parallel)
+    try:
+        compiled = [train_model(cfg.replace(compile=True), small_corpus, progress=False) for _ in range(2)]
+        eager = train_model(cfg, small_corpus, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert compiled[0].history == compiled[1].history  # same config, same numbers
+    for fast, plain in zip(compiled[0].history, eager.history):
+        assert fast["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-4)
+        assert fast["val_ppl_deep"] == pytest.approx(plain["val_ppl_deep"], rel=1e-4)
+    assert cfg.replace(compile=True).run_id != cfg.run_id  # rounding differs, so identity does too
+
+
+def test_held_out_results_and_selection_on_the_runs_own_objective(tiny, tmp_path):
+    cfg = tiny.replace(setting="B", alpha=0.5, test_chars=-1, select_on="objective", max_epochs=3, patience=3)
+    record = ease.run(cfg, tmp_path, progress=False)
+    history = record["history"]
+    assert record["metrics"]["best_epoch"] == min(history, key=lambda h: h["val_objective"])["epoch"]
+    test = record["test"]
+    # the test numbers are those of the kept model on the whole test split, computed again here
+    model, _ = train.load_trained(tmp_path, cfg)
+    corpus = load_corpus(cfg.corpus, cfg.train_chars, cfg.val_chars, test_chars=-1)
+    x, y = make_batches(corpus.test_ids, cfg.seq_len, cfg.batch_size)
+    with torch.no_grad():
+        ce = torch.cat([F.cross_entropy(model(xb)[cfg.n_layers].reshape(-1, corpus.vocab_size), yb.reshape(-1),
+                                        reduction="none") for xb, yb in zip(x, y)])
+    assert test["tokens"] == y.numel() == sum(test["block_sums"]["tokens"])
+    assert test["metrics"]["ppl_deep"] == pytest.approx(math.exp(ce.double().mean().item()), rel=1e-5)
+    assert test["oracles"]["label_ppl"] <= min(test["metrics"]["ppl_deep"], test["metrics"]["ppl_shallow"])
+    assert [row["threshold"] for row in test["sweep"]] == list(cfg.sweep_thresholds)
+    # a record whose test results are missing is refused
+    path = record_path(tmp_path, cfg.run_id)
+    stripped = {k: v for k, v in record.items() if k != "test"}
+    path.write_text(json.dumps(stripped))
+    with pytest.raises(ease.records.RecordError, match="has no test-text results, but its config has test_chars=-1"):
+        find_record(cfg, tmp_path)
+
+
+def test_validation_only_runs_read_no_test_text(runs):
+    _, (record, _, _) = runs
+    assert "test" not in record and "val_objective" not in record["history"][0]

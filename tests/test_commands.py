@@ -30,6 +30,8 @@ NOT_RUN = {
     ".venv/bin/python -m ease.pipeline --book": "trains every grid the book reads; its --dry-run form runs here",
     ".venv/bin/python -m ease.pipeline --grid examples/grid.yaml": "trains 10 runs; its --dry-run form runs here",
     ".venv/bin/python -m ease.pipeline --grid exp5-6 --scheduler tcp://host:8786": "needs a Dask cluster",
+    ".venv/bin/python benchmarks/bench_train.py --against d75f64a":
+        "16 training processes, about 15 minutes (a benchmark; tests/test_benchmarks.py checks its counting)",
 }
 # Not copied into the workspace: outputs and environments (as .gitignore), and the repository's history.
 NOT_COPIED = shutil.ignore_patterns(".git", ".venv", "_build", "__pycache__", ".pytest_cache", "*.egg-info",

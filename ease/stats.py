@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -142,34 +142,44 @@ def block_ppl(ce_sums: np.ndarray, tokens: np.ndarray, weights: np.ndarray | Non
     return np.exp((ce_sums @ weights.T) / (weights @ tokens))
 
 
-def text_aware_diff(ce_a: Sequence, ce_b: Sequence, tokens: Sequence[int], replicates: int = 4000,
-                    level: float = CI_LEVEL, seed: int = 0) -> TextAwareDiff:
-    """mean over seeds of PPL_b - PPL_a, where a and b are two conditions run with the same seeds and
-    evaluated on the same text, given as CE sums per seed and block ([seeds, blocks]) and the blocks'
-    token counts.
+def text_aware_paired(stat_a: Callable, stat_b: Callable, n_seeds: int, n_blocks: int, replicates: int = 4000,
+                      level: float = CI_LEVEL, seed: int = 0) -> TextAwareDiff:
+    """mean over seeds of stat_b - stat_a for two conditions run with the same seeds and evaluated on the
+    same text cut into `n_blocks` contiguous blocks.
 
-    Each bootstrap replicate draws seeds with replacement (the same seeds for a and b: paired) and
-    blocks with replacement (the same blocks for every seed and both sides: the text is shared), so
-    the interval covers both the seed-to-seed spread and which text was evaluated. The p-value is the
-    two-sided bootstrap p of "no difference" (twice the smaller tail share at 0, at most 1). The
-    generator is seeded: the same inputs give the same interval.
+    stat_x(weights) gives the condition's per-seed statistic: with weights None the point values
+    [seeds]; with block weights [replicates, blocks] (how often each block is drawn) the values
+    [seeds, replicates] on those resampled texts. Each replicate draws blocks with replacement (the same
+    blocks for every seed and both sides: the text is shared) and seeds with replacement (the same seeds
+    for both sides: paired), so the interval covers the seed-to-seed spread and which text was evaluated.
+    The p-value is the two-sided bootstrap p of "no difference" (twice the smaller tail share at 0, at
+    most 1). The generator is seeded: the same inputs give the same interval.
     """
-    a, b, n = np.asarray(ce_a, float), np.asarray(ce_b, float), np.asarray(tokens, float)
-    if a.ndim != 2 or a.shape != b.shape or a.shape[1] != n.size:
-        raise ValueError(f"ce_a and ce_b must be [seeds, blocks] of one shape matching tokens, got "
-                         f"{a.shape}, {b.shape} and {n.size} blocks")
-    n_seeds, n_blocks = a.shape
     if n_seeds < 2 or n_blocks < 2:
         raise ValueError("a text-aware interval needs at least 2 seeds and 2 blocks")
     rng = np.random.default_rng(seed)
     weights = rng.multinomial(n_blocks, np.full(n_blocks, 1 / n_blocks), size=replicates).astype(float)
-    diff = block_ppl(b, n, weights) - block_ppl(a, n, weights)  # [seeds, replicates]
+    diff = np.asarray(stat_b(weights), float) - np.asarray(stat_a(weights), float)  # [seeds, replicates]
+    if diff.shape != (n_seeds, replicates):
+        raise ValueError(f"a statistic must give [seeds, replicates] = {(n_seeds, replicates)}, got {diff.shape}")
     seeds = rng.integers(0, n_seeds, size=(replicates, n_seeds))
     boot = diff[seeds, np.arange(replicates)[:, None]].mean(axis=1)
-    point = float((block_ppl(b, n) - block_ppl(a, n)).mean())
+    point = float((np.asarray(stat_b(None), float) - np.asarray(stat_a(None), float)).mean())
     lo, hi = np.quantile(boot, [0.5 - level / 2, 0.5 + level / 2])
     p = min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean()))
     return TextAwareDiff(point, float(lo), float(hi), float(p), n_seeds, n_blocks)
+
+
+def text_aware_diff(ce_a: Sequence, ce_b: Sequence, tokens: Sequence[int], replicates: int = 4000,
+                    level: float = CI_LEVEL, seed: int = 0) -> TextAwareDiff:
+    """`text_aware_paired` for PPL: mean over seeds of PPL_b - PPL_a, from CE sums per seed and block
+    ([seeds, blocks]) and the blocks' token counts."""
+    a, b, n = np.asarray(ce_a, float), np.asarray(ce_b, float), np.asarray(tokens, float)
+    if a.ndim != 2 or a.shape != b.shape or a.shape[1] != n.size:
+        raise ValueError(f"ce_a and ce_b must be [seeds, blocks] of one shape matching tokens, got "
+                         f"{a.shape}, {b.shape} and {n.size} blocks")
+    return text_aware_paired(lambda w: block_ppl(a, n, w), lambda w: block_ppl(b, n, w), a.shape[0], a.shape[1],
+                             replicates, level, seed)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

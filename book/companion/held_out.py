@@ -1,0 +1,455 @@
+"""Chapter "Held-out": the converged, budget-matched regime read on the held-out test split.
+
+Every model of the `converged` grid trains the same token budget with the same schedule, is kept at
+the epoch whose validation loss of its own objective is lowest, and is evaluated once on the whole
+test split. Differences between models come with two intervals: the seed t-interval of the paired
+per-seed differences (judge.compare's) and a text-aware one that also resamples contiguous blocks of
+the test text (ease.stats.text_aware_paired). The primary comparisons are fixed in PRIMARY before any
+number is read, and their family-wise error is controlled with Holm's procedure.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ease.decode import token_macs
+from ease.exits import layer_compute_frac
+from ease.model import ModelConfig
+from ease.stats import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Stat, TextAwareDiff, block_ppl, holm, mean_ci,
+                        paired_ci, text_aware_paired)
+
+from companion import core
+
+GRID, CHECK_GRID = "converged", "converged-2x"
+OPERATING = 0.95  # the document's operating threshold
+EARLY_EXIT = (("A", 0.3), ("A", 0.5), ("A", 0.7), ("B", 0.7))
+DENSE = (1, 2, 3)
+FAMILY_ALPHA = 0.05  # family-wise error rate of the primary comparisons
+REPLICATES = 4000
+
+
+@dataclass
+class Model:
+    """One model of the grid over its seeds: its records and the test text's block sums as arrays."""
+
+    key: str  # "A0.7", "dense2"
+    records: list[dict]
+    vocab_size: int  # from the runs' checkpoint analyses (records do not hold it)
+
+    @property
+    def dense(self) -> bool:
+        return self.key.startswith("dense")
+
+    @cached_property
+    def thresholds(self) -> np.ndarray:
+        return np.array([row["threshold"] for row in self.records[0]["test"]["sweep"]])
+
+    @cached_property
+    def tokens(self) -> np.ndarray:
+        return np.asarray(self.records[0]["test"]["block_sums"]["tokens"], float)
+
+    def sums(self, name: str) -> np.ndarray:
+        """Block sums [seeds, blocks] (or [seeds, thresholds, blocks] for the sweep's)."""
+        return np.array([r["test"]["block_sums"][name] for r in self.records], float)
+
+    def column(self, threshold: float) -> int:
+        return int(np.flatnonzero(np.isclose(self.thresholds, threshold))[0])
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r["config"]["seed"] for r in self.records]
+
+
+def models(grid: str = GRID, results=None, early_exit=EARLY_EXIT, dense=DENSE) -> dict[str, Model]:
+    records = core.grid_records(grid, results)
+    vocab = {a["vocab_size"] for a in core.grid_analyses(records, results).values()}
+    if len(vocab) != 1:
+        raise ValueError(f"the runs of grid {grid!r} have vocabularies of different sizes {sorted(vocab)}")
+    out = {}
+    for setting, alpha in early_exit:
+        key = f"{setting}{alpha:g}"
+        out[key] = Model(key, core.select(records, setting=setting, alpha=alpha), *vocab)
+    for depth in dense:
+        out[f"dense{depth}"] = Model(f"dense{depth}", core.select(records, setting="custom", n_layers=depth), *vocab)
+    return out
+
+
+# --- per-seed statistics on (resampled) test text: f(weights) -> [seeds] or [seeds, replicates] -----------
+def ppl(model: Model, threshold: float | None = OPERATING) -> Callable:
+    """Routed PPL at `threshold` (the last layer's for a dense model or threshold None)."""
+    ce = model.sums("ce_last") if model.dense or threshold is None else model.sums("sweep_ce")[:, model.column(threshold)]
+    return lambda w: block_ppl(ce, model.tokens, w)
+
+
+def shallow(model: Model, threshold: float = OPERATING) -> Callable:
+    exits = model.sums("sweep_exits")[:, model.column(threshold)]
+
+    def stat(w):
+        return exits.sum(-1) / model.tokens.sum() if w is None else (exits @ w.T) / (w @ model.tokens)
+    return stat
+
+
+def cost_line(model: Model, accounting: str) -> tuple[float, float]:
+    """(cost of an exited token, cost of a deep token) relative to the 3-layer model's full depth, so
+    that cost = shallow·a + (1 - shallow)·b; for layers as ease.exits.layer_compute_frac."""
+    config = model.records[0]["config"]
+    if accounting == "layers":
+        return layer_compute_frac(1.0, config["exit_layer"], config["n_layers"]), 1.0
+    cfg = ModelConfig(vocab_size=model.vocab_size, n_layers=config["n_layers"], dim=config["dim"],
+                      n_heads=config["n_heads"], max_seq_len=config["seq_len"], norm=config["norm"])
+    macs = token_macs(cfg, config["exit_layer"])
+    return macs["exit"] / macs["full"], macs["deep"] / macs["full"]
+
+
+def dense_cost(depth: int, reference: Model, accounting: str) -> float:
+    """A dense model of `depth` layers relative to the (3-layer) early-exit model's full depth."""
+    config = reference.records[0]["config"]
+    if accounting == "layers":
+        return depth / config["n_layers"]
+    cfg = ModelConfig(vocab_size=reference.vocab_size, n_layers=config["n_layers"], dim=config["dim"],
+                      n_heads=config["n_heads"], max_seq_len=config["seq_len"], norm=config["norm"])
+    macs = token_macs(cfg, config["exit_layer"])
+    return (depth * macs["block"] + macs["head"]) / macs["full"]
+
+
+def ppl_at_cost(model: Model, cost: float, accounting: str) -> Callable:
+    """The early-exit model's PPL at a given cost, interpolated along its test sweep (NaN out of reach)."""
+    ce, exits = model.sums("sweep_ce"), model.sums("sweep_exits")  # [seeds, thresholds, blocks]
+    a, b = cost_line(model, accounting)
+
+    def stat(w):
+        if w is None:
+            frac = exits.sum(-1) / model.tokens.sum()
+            ppls = np.exp(ce.sum(-1) / model.tokens.sum())
+            return np.array([_interp(cost, a * f + b * (1 - f), p) for f, p in zip(frac, ppls)])
+        n = w @ model.tokens  # [replicates]
+        frac, ppls = (exits @ w.T) / n, np.exp((ce @ w.T) / n)  # [seeds, thresholds, replicates]
+        costs = a * frac + b * (1 - frac)
+        return np.array([[_interp(cost, costs[s, :, r], ppls[s, :, r]) for r in range(w.shape[0])]
+                         for s in range(ce.shape[0])])
+    return stat
+
+
+def _interp(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
+    order = np.argsort(xs, kind="stable")
+    xs, ys = xs[order], ys[order]
+    if x < xs[0] - 1e-12 or x > xs[-1] + 1e-12:
+        return float("nan")
+    return float(np.interp(x, xs, ys))
+
+
+# --- comparisons ---------------------------------------------------------------------------------------
+@dataclass
+class Comparison:
+    code: str  # names the comparison in labels (held_out.comparisons)
+    sign: int  # the side claimed: -1 (first lower than second) or +1
+    metric: str  # "ppl" or "shallow_frac"
+    seed_stat: Stat  # paired t-interval of the per-seed differences
+    text: TextAwareDiff  # the text-aware interval and p-value
+    adjusted_p: float | None = None  # Holm's, for the primary comparisons
+
+    @property
+    def reachable(self) -> bool:
+        return bool(np.isfinite(self.text.mean))
+
+
+def compare(code: str, first: Callable, second: Callable, n_seeds: int, n_blocks: int, sign: int,
+            metric: str = "ppl") -> Comparison:
+    """first − second, claimed to have sign `sign`."""
+    text = text_aware_paired(second, first, n_seeds, n_blocks, REPLICATES) if np.all(np.isfinite(first(None))) \
+        else TextAwareDiff(float("nan"), float("nan"), float("nan"), float("nan"), n_seeds, n_blocks)
+    a, b = np.asarray(second(None), float), np.asarray(first(None), float)
+    seed_stat = paired_ci(a, b) if np.all(np.isfinite(b)) else Stat(float("nan"), None, n_seeds)
+    return Comparison(code, sign, metric, seed_stat, text)
+
+
+def verdict(comp: Comparison) -> str:
+    """Primary comparisons: reproduced when the Holm-adjusted p is below FAMILY_ALPHA and the difference has
+    the claimed sign; not reproduced when it is below and the sign is the other; inconclusive otherwise."""
+    if comp.adjusted_p is None or not comp.reachable or comp.adjusted_p >= FAMILY_ALPHA:
+        return INCONCLUSIVE
+    return REPRODUCED if comp.sign * comp.text.mean > 0 else NOT_REPRODUCED
+
+
+def primary(ms: dict[str, Model]) -> list[Comparison]:
+    """The comparisons fixed before the numbers were read, one per question, with Holm-adjusted p-values."""
+    a7, n_seeds, n_blocks = ms["A0.7"], len(ms["A0.7"].records), len(ms["A0.7"].tokens)
+    for m in ms.values():
+        core.paired(a7.records, m.records)
+    comps = [
+        compare("a_vs_b", ppl(a7), ppl(ms["B0.7"]), n_seeds, n_blocks, -1),
+        compare("a7_vs_a5", ppl(a7), ppl(ms["A0.5"]), n_seeds, n_blocks, -1),
+        compare("b_shallow", shallow(ms["B0.7"]), shallow(a7), n_seeds, n_blocks, +1, "shallow_frac"),
+        compare("ee_vs_dense2", ppl_at_cost(a7, dense_cost(2, a7, "layers"), "layers"), ppl(ms["dense2"]),
+                n_seeds, n_blocks, -1),
+        compare("dense3_vs_dense1", ppl(ms["dense3"]), ppl(ms["dense1"]), n_seeds, n_blocks, -1),
+    ]
+    for comp, p in zip(comps, holm([c.text.p for c in comps])):
+        comp.adjusted_p = p
+    return comps
+
+
+def equal_compute(ms: dict[str, Model]) -> list[tuple[str, int, str, Comparison]]:
+    """Each early-exit model against each smaller dense model, at that model's cost, in both accountings
+    (descriptive: unadjusted intervals). Rows: (early-exit key, dense depth, accounting, comparison)."""
+    rows = []
+    for key in (f"{s}{a:g}" for s, a in EARLY_EXIT):
+        m = ms[key]
+        for depth in DENSE[:-1]:
+            for accounting in ("layers", "flops"):
+                cost = dense_cost(depth, m, accounting)
+                rows.append((key, depth, accounting,
+                             compare("equal", ppl_at_cost(m, cost, accounting), ppl(ms[f"dense{depth}"]),
+                                     len(m.records), len(m.tokens), -1)))
+    return rows
+
+
+# --- convergence -------------------------------------------------------------------------------------
+def check_models(results=None, grid: str = CHECK_GRID) -> dict[str, Model] | None:
+    """The 2x-budget check's models (None while its grid has not finished)."""
+    try:
+        return models(grid, results, early_exit=(("A", 0.7), ("B", 0.7)), dense=(1, 3))
+    except LookupError:
+        return None
+
+
+def budget_check(ms: dict[str, Model], check: dict[str, Model]) -> list[dict]:
+    """Per checked model: test PPL at the budget and at twice it (the check's seeds), their paired difference
+    with its text-aware interval, and the half-width of the budget's own seed interval (all its seeds)."""
+    rows = []
+    for key, twice in check.items():
+        base = Model(key, [r for r in ms[key].records if r["config"]["seed"] in twice.seeds], ms[key].vocab_size)
+        core.paired(base.records, twice.records)
+        diff = text_aware_paired(ppl(base), ppl(twice), len(twice.records), len(twice.tokens), REPLICATES) \
+            if len(twice.records) > 1 else None
+        rows.append({"key": key, "budget": mean_ci(ppl(base)(None)), "twice": mean_ci(ppl(twice)(None)),
+                     "diff": diff, "budget_half": mean_ci(ppl(ms[key])(None)).half})
+    return rows
+
+
+def convergence_figure(ms: dict[str, Model], lang: str):
+    """Each model's validation loss of its own objective by epoch (mean over seeds)."""
+    import matplotlib.pyplot as plt
+
+    words = core.labels(lang)["held_out"]
+    with core.figure_style(lang):
+        fig, ax = plt.subplots(figsize=(7.5, 4))
+        for i, (key, m) in enumerate(ms.items()):
+            curves = np.array([[h["val_objective"] for h in r["history"]] for r in m.records])
+            epochs = np.arange(1, curves.shape[1] + 1)
+            style = {"linestyle": "--"} if m.dense else {}
+            ax.plot(epochs, curves.mean(0), label=model_name(key, lang), color=_color(key, i), **style)
+        ax.set(xlabel=words["epoch"], ylabel=words["val_objective"])
+        ax.legend(fontsize=8, ncols=2)
+        return core.finish(fig)
+
+
+def tradeoff_figure(ms: dict[str, Model], lang: str):
+    """Test PPL against cost for each early-exit model's sweep (mean over seeds) and the dense models, in
+    layer and FLOP accounting."""
+    import matplotlib.pyplot as plt
+
+    words = core.labels(lang)["held_out"]
+    with core.figure_style(lang):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+        for ax, accounting in zip(axes, ("layers", "flops")):
+            for i, key in enumerate(f"{s}{a:g}" for s, a in EARLY_EXIT):
+                m = ms[key]
+                a, b = cost_line(m, accounting)
+                frac = m.sums("sweep_exits").sum(-1) / m.tokens.sum()
+                ppls = np.exp(m.sums("sweep_ce").sum(-1) / m.tokens.sum())
+                ax.plot(100 * (a * frac + b * (1 - frac)).mean(0), ppls.mean(0), marker=".", markersize=3,
+                        label=model_name(key, lang), color=_color(key, i))
+            ref = ms["A0.7"]
+            for depth in DENSE:
+                d = ms[f"dense{depth}"]
+                ax.errorbar(100 * dense_cost(depth, ref, accounting), ppl(d)(None).mean(),
+                            yerr=mean_ci(ppl(d)(None)).half, marker="s", color="black", capsize=3, linestyle="")
+                ax.annotate(model_name(f"dense{depth}", lang), (100 * dense_cost(depth, ref, accounting),
+                                                               ppl(d)(None).mean()),
+                            textcoords="offset points", xytext=(6, 6), fontsize=8)
+            ax.set(xlabel=words["cost"][accounting], title=words["accounting"][accounting])
+        axes[0].set_ylabel(words["test_ppl"])
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        return core.finish(fig)
+
+
+def _color(key: str, i: int) -> str:
+    if key.startswith("dense"):
+        return ["#636363", "#969696", "#252525"][int(key[-1]) - 1]
+    return core.color((key[0], float(key[1:])), i)
+
+
+def model_name(key: str, lang: str) -> str:
+    words = core.labels(lang)["held_out"]
+    if key.startswith("dense"):
+        return words["dense"].format(depth=key[5:])
+    return core.cell_name((key[0], float(key[1:])), lang)
+
+
+# --- tables -------------------------------------------------------------------------------------------------
+def fmt_text(comp: Comparison) -> str:
+    """'+0.12 [-0.03, +0.27]': the difference with its text-aware interval (percentage points for a share)."""
+    if not comp.reachable:
+        return "—"
+    scale, unit, digits = (100, " pp", 1) if comp.metric == "shallow_frac" else (1, "", 3)
+    t = comp.text
+    return f"{scale * t.mean:+.{digits}f}{unit} [{scale * t.lo:+.{digits}f}, {scale * t.hi:+.{digits}f}]"
+
+
+def fmt_seed(comp: Comparison) -> str:
+    if not comp.reachable or comp.seed_stat.half is None:
+        return "—"
+    scale, unit, digits = (100, " pp", 1) if comp.metric == "shallow_frac" else (1, "", 3)
+    s = comp.seed_stat
+    return f"[{scale * s.lo:+.{digits}f}, {scale * s.hi:+.{digits}f}]"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None or not np.isfinite(p):
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def models_table(ms: dict[str, Model], lang: str) -> str:
+    h = core.labels(lang)["held_out"]["table"]
+    rows = []
+    for key, m in ms.items():
+        routed = "—" if m.dense else core.fmt_stat(mean_ci(ppl(m)(None)), "ppl")
+        rows.append({h["model"]: model_name(key, lang),
+                     h["ppl_last"]: core.fmt_stat(mean_ci(ppl(m, None)(None)), "ppl"),
+                     h["ppl_exit"]: "—" if m.dense else core.fmt_stat(mean_ci(block_ppl(m.sums("ce_exit"), m.tokens)), "ppl"),
+                     h["ppl_routed"]: routed,
+                     h["shallow"]: "—" if m.dense else core.fmt_stat(mean_ci(shallow(m)(None)), "shallow_frac"),
+                     h["epoch"]: f"{np.mean([r['metrics']['best_epoch'] for r in m.records]):.1f}"})
+    return core.markdown_table(pd.DataFrame(rows))
+
+
+def primary_table(comps: Sequence[Comparison], lang: str) -> str:
+    words = core.labels(lang)
+    h = words["held_out"]["table"]
+    rows = []
+    for comp in comps:
+        rows.append({h["question"]: words["held_out"]["comparisons"][comp.code],
+                     h["claimed"]: "< 0" if comp.sign < 0 else "> 0",
+                     h["text_interval"]: fmt_text(comp), h["seed_interval"]: fmt_seed(comp),
+                     h["p"]: fmt_p(comp.text.p), h["holm"]: fmt_p(comp.adjusted_p),
+                     h["verdict"]: words["verdict"][verdict(comp)]})
+    return core.markdown_table(pd.DataFrame(rows))
+
+
+def equal_compute_table(rows, lang: str) -> str:
+    h = core.labels(lang)["held_out"]["table"]
+    acc = core.labels(lang)["held_out"]["accounting"]
+    out = []
+    for key, depth, accounting, comp in rows:
+        out.append({h["model"]: model_name(key, lang), h["against"]: model_name(f"dense{depth}", lang),
+                    h["accounting"]: acc[accounting], h["text_interval"]: fmt_text(comp),
+                    h["seed_interval"]: fmt_seed(comp)})
+    return core.markdown_table(pd.DataFrame(out))
+
+
+def budget_table(rows: Sequence[dict], lang: str) -> str:
+    h = core.labels(lang)["held_out"]["table"]
+    out = []
+    for row in rows:
+        d = row["diff"]
+        out.append({h["model"]: model_name(row["key"], lang), h["budget"]: core.fmt_stat(row["budget"], "ppl"),
+                    h["twice"]: core.fmt_stat(row["twice"], "ppl"),
+                    h["text_interval"]: "—" if d is None else f"{d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]",
+                    h["budget_half"]: f"±{row['budget_half']:.3f}"})
+    return core.markdown_table(pd.DataFrame(out))
+
+
+def oracle_rows(ms: dict[str, Model]) -> list[dict]:
+    """Per early-exit model (means over seeds): the document's rule at the operating threshold, the label-free
+    consistency rule, the document's rule at the consistency rule's Shallow%, and the label oracle (a bound)."""
+    rows = []
+    for key in (f"{s}{a:g}" for s, a in EARLY_EXIT):
+        m = ms[key]
+        tests = [r["test"] for r in m.records]
+        consistency_shallow = np.array([t["oracles"]["consistency_shallow_frac"] for t in tests])
+        # the max-probability rule read at the consistency rule's Shallow%, along each seed's sweep
+        frac = m.sums("sweep_exits").sum(-1) / m.tokens.sum()
+        ppls = np.exp(m.sums("sweep_ce").sum(-1) / m.tokens.sum())
+        matched = np.array([_interp(s, f, p) for s, f, p in zip(consistency_shallow, frac, ppls)])
+        rows.append({"key": key, "routed": mean_ci(ppl(m)(None)), "routed_shallow": mean_ci(shallow(m)(None)),
+                     "consistency": mean_ci([t["oracles"]["consistency_ppl"] for t in tests]),
+                     "consistency_shallow": mean_ci(consistency_shallow), "matched": mean_ci(matched),
+                     "label": mean_ci([t["oracles"]["label_ppl"] for t in tests]),
+                     "last": mean_ci(ppl(m, None)(None))})
+    return rows
+
+
+def oracle_table(rows: Sequence[dict], lang: str) -> str:
+    h = core.labels(lang)["held_out"]["table"]
+    out = []
+    for row in rows:
+        out.append({h["model"]: model_name(row["key"], lang),
+                    h["routed"]: f"{core.fmt_stat(row['routed'], 'ppl')} ({core.fmt_stat(row['routed_shallow'], 'shallow_frac')})",
+                    h["consistency"]: f"{core.fmt_stat(row['consistency'], 'ppl')} "
+                                      f"({core.fmt_stat(row['consistency_shallow'], 'shallow_frac')})",
+                    h["matched"]: core.fmt_stat(row["matched"], "ppl"),
+                    h["ppl_last"]: core.fmt_stat(row["last"], "ppl"),
+                    h["label"]: core.fmt_stat(row["label"], "ppl")})
+    return core.markdown_table(pd.DataFrame(out))
+
+
+def optimism_rows(ms: dict[str, Model]) -> list[dict]:
+    """Per model, the kept epoch's validation PPL (routed at the operating threshold; the last layer's for
+    dense models) against the same runs' test PPL: paired per-seed difference test − validation."""
+    rows = []
+    for key, m in ms.items():
+        val = np.array([r["metrics"]["ppl"] for r in m.records])
+        test = np.array([r["test"]["metrics"]["ppl"] for r in m.records])
+        rows.append({"key": key, "val": mean_ci(val), "test": mean_ci(test), "diff": paired_ci(val, test)})
+    return rows
+
+
+def optimism_table(rows: Sequence[dict], lang: str) -> str:
+    h = core.labels(lang)["held_out"]["table"]
+    return core.markdown_table(pd.DataFrame([
+        {h["model"]: model_name(r["key"], lang), h["val"]: core.fmt_stat(r["val"], "ppl"),
+         h["test"]: core.fmt_stat(r["test"], "ppl"), h["test_minus_val"]: core.fmt_diff(r["diff"], "ppl")}
+        for r in rows]))
+
+
+def texts(ms: dict[str, Model], comps: Sequence[Comparison], check: dict | None) -> dict[str, str]:
+    """The page's glued numbers (ho_* keys)."""
+    a7 = ms["A0.7"]
+    c = a7.records[0]["config"]
+    test = a7.records[0]["test"]
+    epoch_tokens = (c["train_chars"] - 1) // c["seq_len"] // c["batch_size"] * c["batch_size"] * c["seq_len"]
+    out = {"ho_seeds": str(len(a7.records)), "ho_epochs": str(c["max_epochs"]),
+           "ho_train_chars": f"{c['train_chars']:,}", "ho_val_chars": f"{c['val_chars']:,}",
+           "ho_tokens": f"{c['max_epochs'] * epoch_tokens / 1e6:.1f}M", "ho_test_tokens": f"{test['tokens']:,}",
+           "ho_unknown": str(test["unknown_chars"]), "ho_blocks": str(test["blocks"]),
+           "ho_block_tokens": f"{int(a7.tokens.mean()):,}", "ho_replicates": f"{REPLICATES:,}",
+           "ho_alpha": f"{FAMILY_ALPHA:g}", "ho_n_primary": str(len(comps)),
+           "ho_check_seeds": str(len(next(iter(check.values())).records)) if check else "0"}
+    return out
+
+
+def cases(comps: Sequence[Comparison], budget: Sequence[dict] | None) -> dict[str, str]:
+    """The case codes the page's sentences are chosen by."""
+    by_code = {c.code: verdict(c) for c in comps}
+    if budget is None:
+        converged = "pending"
+    else:
+        converged = "converged" if all(r["diff"] is not None and abs(r["diff"].mean) < r["budget_half"]
+                                       for r in budget) else "moved"
+    return {"depth": by_code["dense3_vs_dense1"], "ee": by_code["ee_vs_dense2"], "budget": converged}
+
+
+def equal_counts(rows) -> dict[str, str]:
+    """How the descriptive equal-compute comparisons fall: early exit lower (interval below 0), dense lower
+    (above 0), not told apart, and out of reach (the early-exit model cannot spend that little)."""
+    reach = [c for *_, c in rows if c.reachable]
+    return {"ho_eq_total": str(len(rows)), "ho_eq_unreachable": str(len(rows) - len(reach)),
+            "ho_eq_ee": str(sum(c.text.hi < 0 for c in reach)), "ho_eq_dense": str(sum(c.text.lo > 0 for c in reach)),
+            "ho_eq_tied": str(sum(c.text.lo <= 0 <= c.text.hi for c in reach))}

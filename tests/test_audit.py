@@ -284,6 +284,29 @@ def test_placeholder_hypothesis_follows_the_two_thirds_rule(fx):
     assert forensics.placeholder_verdict(half) == INCONCLUSIVE
 
 
+def test_each_setting_fits_a_corpus_by_a_test_that_can_fail(fx):
+    def around(m):  # placeholder seeds spread around the published value: it lies inside their range
+        return forensics.Match(m.setting, m.alpha, m.threshold, m.metric, m.published,
+                               {"wikitext-2": m.runs["wikitext-2"],
+                                "placeholder": [m.published * (1 + 0.01 * d) for d in (-2, -1, 0.5, 1, 2)]})
+
+    inside = [around(m) for m in fx.matches]
+    rows = forensics.fits(inside)
+    a = next(r for r in rows if (r.setting, r.corpus) == ("A", "placeholder"))
+    assert (a.inside, a.total, a.seeds) == (16, 16, 5) and a.chance == pytest.approx(4 / 6)
+    assert a.p == pytest.approx(1.0) and a.fits
+    assert forensics.setting_case(rows, "A") == "placeholder"
+    # every placeholder range moved off the published numbers (all seeds above them): no fit, p = (2/6)^n
+    outside = [forensics.Match(m.setting, m.alpha, m.threshold, m.metric, m.published,
+                               {c: [abs(m.published) * 2 + 1 + i for i in range(5)] for c in forensics.CORPORA})
+               for m in fx.matches]
+    rows = forensics.fits(outside)
+    b = next(r for r in rows if (r.setting, r.corpus) == ("B", "placeholder"))
+    assert b.inside == 0 and b.p == pytest.approx((2 / 6) ** b.total) and not b.fits
+    assert forensics.setting_case(rows, "B") == "neither"
+    assert "< 0.001" in forensics.fit_table(rows, "en")
+
+
 def test_gaps_follow_the_last_epochs_weights(fx):
     gap = next(g for g in fx.gaps["placeholder"] if (g.setting, g.metric) == ("A", "ppl"))
     # sweep (last weights, 1.2×) minus best epoch at τ = 0.95: 0.2 · (routed PPL 22.95 · m) per seed

@@ -15,6 +15,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from scipy import stats as sps
+
 from ease.stats import INCONCLUSIVE, REPRODUCED, Stat, mean_ci, verdict
 
 from companion import core, judge
@@ -97,6 +99,64 @@ def placeholder_verdict(found: Sequence[Match]) -> str:
     return INCONCLUSIVE
 
 
+# --- setting by setting: could the published numbers be draws of these runs? ---------------------------
+FIT_LEVEL = 0.05
+
+
+@dataclass
+class Fit:
+    """One setting's published numbers against one corpus's seed ranges.
+
+    If a published number were one more run of the same distribution as the n seeds, it would fall
+    inside their range (min to max) with probability (n − 1)/(n + 1) (exchangeability). `p` is the
+    binomial chance of seeing at most `inside` of `total` numbers inside under that hypothesis; the
+    setting's tables do not fit the corpus when p < FIT_LEVEL. Numbers of one table come from one run
+    and are not independent, so p is optimistic about the fit; a misfit is all the stronger for it.
+    """
+
+    setting: str
+    corpus: str
+    inside: int
+    total: int
+    seeds: int
+
+    @property
+    def chance(self) -> float:
+        return (self.seeds - 1) / (self.seeds + 1)
+
+    @property
+    def p(self) -> float:
+        return float(sps.binom.cdf(self.inside, self.total, self.chance))
+
+    @property
+    def fits(self) -> bool:
+        return self.p >= FIT_LEVEL
+
+
+def fits(found: Sequence[Match]) -> list[Fit]:
+    out = []
+    for setting in ("A", "B"):
+        ms = [m for m in found if m.setting == setting]
+        for c in CORPORA:
+            out.append(Fit(setting, c, sum(m.inside(c) for m in ms), len(ms), len(ms[0].runs[c])))
+    return out
+
+
+def setting_case(rows: Sequence[Fit], setting: str) -> str:
+    """Which corpus the setting's published numbers fit: "placeholder", "wikitext-2", "both" or "neither"."""
+    fitting = [r.corpus for r in rows if r.setting == setting and r.fits]
+    return {0: "neither", 2: "both"}.get(len(fitting)) or fitting[0]
+
+
+def fit_table(rows: Sequence[Fit], lang: str) -> str:
+    words = core.labels(lang)["forensics"]
+    h = words["fit"]
+    return core.markdown_table(pd.DataFrame([
+        {h["setting"]: r.setting, h["corpus"]: words["corpus"][r.corpus], h["inside"]: f"{r.inside}/{r.total}",
+         h["expected"]: f"{r.chance * r.total:.1f}", h["p"]: f"{r.p:.3f}" if r.p >= 0.001 else "< 0.001",
+         h["fits"]: h["yes"] if r.fits else h["no"]} for r in rows]))
+
+
 # --- the gap between the document's results row and its sweep row ----------------------------------
 @dataclass
 class Gap:
@@ -140,6 +200,10 @@ class Forensics:
     def verdict(self) -> str:
         return placeholder_verdict(self.matches)
 
+    @property
+    def fits(self) -> list[Fit]:
+        return fits(self.matches)
+
     def vocab(self, corpus: str) -> list[int]:
         return sorted({self.analyses[r["run_id"]]["vocab_size"] for r in core.select(self.records, corpus=corpus)})
 
@@ -175,6 +239,13 @@ def texts(f: Forensics, lang: str) -> dict[str, str]:
         "fx_gaps_placeholder": str(sum(g.same_sign for g in f.gaps["placeholder"])),
         "fx_gaps_wikitext": str(sum(g.same_sign for g in f.gaps["wikitext-2"])),
         "fx_gaps_n": str(len(f.gaps["placeholder"])),
+        "fx_fit_level": f"{FIT_LEVEL:g}",
+        "fx_fit_chance": f"{f.fits[0].chance:.0%}",
+        # the document's sweep PPLs against guessing uniformly over the placeholder's characters
+        "fx_uniform": ", ".join(map(str, f.vocab("placeholder"))),
+        "fx_above_uniform": str(sum(m.published > min(f.vocab("placeholder")) for m in f.matches
+                                    if m.metric == "ppl" and m.threshold is not None)),
+        "fx_sweep_ppls": str(sum(m.metric == "ppl" and m.threshold is not None for m in f.matches)),
     }
 
 

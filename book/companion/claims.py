@@ -104,8 +104,13 @@ def claims_table(claims: Sequence[Claim], lang: str) -> str:
     return core.markdown_table(pd.DataFrame(rows))
 
 
-def summary_table(by_regime: dict[str, Regime], lang: str) -> str:
-    """One row per claim, one verdict column per training regime."""
+# The held-out chapter's primary comparison for each claim (claim 3 is described there, not tested).
+HELD_OUT_PRIMARY = {1: "a_vs_b", 2: "a7_vs_a5", 4: "b_shallow"}
+
+
+def summary_table(by_regime: dict[str, Regime], lang: str, held_out_verdicts: dict[str, str] | None = None) -> str:
+    """One row per claim, one verdict column per training regime; with `held_out_verdicts` (the held-out
+    chapter's primary comparisons, code -> verdict) a last column for the converged regime's test text."""
     words = core.labels(lang)["claims"]
     columns = {"doc": words["regime"]["doc"],
                "well": words["regime"]["well"].format(patience=by_regime["well"].patience)}
@@ -114,5 +119,9 @@ def summary_table(by_regime: dict[str, Regime], lang: str) -> str:
         row = {"#": str(claim.number), words["table"]["claim"]: words["text"][claim.number]}
         for code, r in by_regime.items():
             row[columns[code]] = judge.verdict_word(r.claims[i].verdict, lang)
+        if held_out_verdicts is not None:
+            code = HELD_OUT_PRIMARY.get(claim.number)
+            row[words["regime"]["held_out"]] = words["not_tested"] if code is None else \
+                judge.verdict_word(held_out_verdicts[code], lang)
         rows.append(row)
     return core.markdown_table(pd.DataFrame(rows))

@@ -1,0 +1,127 @@
+"""Thresholds with a guarantee: Learn-then-Test calibration of the exit threshold.
+
+Given per-block risks of routing at each candidate threshold on calibration text, `learn_then_test`
+returns the most aggressive threshold whose risk is at most `epsilon` with probability at least
+1 - `delta` over the draw of the calibration blocks (Angelopoulos et al., 2021, "Learn then Test"):
+
+- each threshold λ is a null hypothesis "R(λ) > ε", tested with a valid p-value for the mean of bounded
+  losses, the Hoeffding–Bentkus p-value (the smaller of Hoeffding's and Bentkus's bounds, times e for
+  the latter), computed from the blocks' empirical risk;
+- fixed-sequence testing: thresholds are tested from the safest (highest, nobody exits) towards the
+  most aggressive, each at level δ, stopping at the first that is not rejected; every rejected one is
+  certified, so family-wise error stays at δ without any correction, and the last rejected one is
+  returned (None when even the safest is not: then never exit).
+
+Calibration units are contiguous **blocks of text**, not tokens: neighbouring characters are strongly
+dependent, and the p-values need independent draws; blocks of about an article's length are close to
+that. A block's loss is the average over its tokens, so it lies in [0, 1] as the bounds require.
+
+Risks (`RISKS`), both against the full model (the last layer):
+- "inconsistency": the share of a block's tokens whose routed prediction (argmax) differs from the full
+  model's (a token that exits and whose layer-1 argmax is not the last layer's);
+- "ppl_increase": the block's relative PPL increase of routed over full-depth prediction,
+  PPL_routed / PPL_full - 1, clipped to [0, 1] (the guarantee is for the clipped risk; the clip binds
+  only past a doubling of PPL).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy import stats
+
+from ease.exits import TokenStats
+
+RISKS = ("inconsistency", "ppl_increase")
+
+
+def hoeffding_bentkus_p(risk_hat: float, n: int, epsilon: float) -> float:
+    """Valid p-value of the null "mean loss > epsilon" from the mean `risk_hat` of n iid losses in [0, 1]."""
+    if not 0 < epsilon < 1:
+        raise ValueError(f"epsilon must be within (0, 1), got {epsilon}")
+    if n < 1:
+        raise ValueError(f"need at least one calibration block, got {n}")
+    r = min(max(risk_hat, 0.0), 1.0)
+    a = min(r, epsilon)
+    # Hoeffding (Bernstein-free, tight form): exp(-n · KL(a || epsilon))
+    kl = (a * math.log(a / epsilon) if a > 0 else 0.0) + \
+        ((1 - a) * math.log((1 - a) / (1 - epsilon)) if a < 1 else 0.0)
+    hoeffding = math.exp(-n * kl)
+    bentkus = math.e * float(stats.binom.cdf(math.ceil(n * r), n, epsilon))
+    return min(1.0, hoeffding, bentkus)
+
+
+@dataclass
+class Calibration:
+    """What `learn_then_test` decided, and why."""
+
+    threshold: float | None  # the most aggressive certified threshold; None: none certified (never exit)
+    epsilon: float
+    delta: float
+    risk: str
+    n_blocks: int
+    thresholds: list[float] = field(default_factory=list)  # tested, safest first
+    empirical_risk: list[float] = field(default_factory=list)
+    p_values: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "epsilon": self.epsilon, "delta": self.delta, "risk": self.risk,
+                "n_blocks": self.n_blocks, "thresholds": self.thresholds, "empirical_risk": self.empirical_risk,
+                "p_values": self.p_values}
+
+
+def learn_then_test(risks: np.ndarray, thresholds: Sequence[float], epsilon: float, delta: float,
+                    risk: str = "inconsistency") -> Calibration:
+    """The most aggressive threshold with risk <= epsilon at confidence 1 - delta (see the module).
+
+    risks: [blocks, thresholds], each block's loss in [0, 1] at each threshold; `thresholds` in any
+    order (tested from the highest down).
+    """
+    risks = np.asarray(risks, float)
+    thresholds = [float(t) for t in thresholds]
+    if risks.ndim != 2 or risks.shape[1] != len(thresholds) or risks.shape[0] < 1:
+        raise ValueError(f"risks must be [blocks, thresholds] with {len(thresholds)} thresholds, got {risks.shape}")
+    if np.any((risks < 0) | (risks > 1)) or not np.all(np.isfinite(risks)):
+        raise ValueError("every block's risk must lie in [0, 1]")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be within (0, 1), got {delta}")
+    order = sorted(range(len(thresholds)), key=lambda i: -thresholds[i])  # safest (highest) first
+    n = risks.shape[0]
+    result = Calibration(None, float(epsilon), float(delta), risk, n)
+    for i in order:
+        r_hat = float(risks[:, i].mean())
+        p = hoeffding_bentkus_p(r_hat, n, epsilon)
+        result.thresholds.append(thresholds[i])
+        result.empirical_risk.append(r_hat)
+        result.p_values.append(p)
+        if p > delta:
+            break
+        result.threshold = thresholds[i]
+    return result
+
+
+def block_risks(stats: TokenStats, thresholds: Sequence[float], n_blocks: int, risk: str) -> np.ndarray:
+    """Each contiguous block's risk at each threshold: [blocks, thresholds] in [0, 1]."""
+    if risk not in RISKS:
+        raise ValueError(f"risk must be one of {RISKS}, got {risk!r}")
+    if stats.agree is None:
+        raise ValueError("the token stats need `agree` (ease.exits.collect_token_stats gives it)")
+    n = len(stats)
+    if not 1 <= n_blocks <= n:
+        raise ValueError(f"n_blocks must be within 1..{n}, got {n_blocks}")
+    bounds = torch.linspace(0, n, n_blocks + 1).round().long().tolist()
+    ce_exit, ce_last = stats.ce_exit.double(), stats.ce_last.double()
+    out = np.empty((n_blocks, len(thresholds)))
+    for j, t in enumerate(thresholds):
+        exits = stats.confidence >= t
+        for b, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+            if risk == "inconsistency":
+                out[b, j] = (exits[lo:hi] & ~stats.agree[lo:hi]).double().mean().item()
+            else:
+                routed = torch.where(exits[lo:hi], ce_exit[lo:hi], ce_last[lo:hi]).mean()
+                increase = math.exp((routed - ce_last[lo:hi].mean()).item()) - 1
+                out[b, j] = min(1.0, max(0.0, increase))
+    return out

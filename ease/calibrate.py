@@ -125,3 +125,11 @@ def block_risks(stats: TokenStats, thresholds: Sequence[float], n_blocks: int, r
                 increase = math.exp((routed - ce_last[lo:hi].mean()).item()) - 1
                 out[b, j] = min(1.0, max(0.0, increase))
     return out
+
+
+def operating_threshold(record: dict) -> float | None:
+    """The threshold a finished run operates at, for ease.decode (None: nobody exits): the calibrated one
+    when its config asked for calibration (None when none was certified), else the config's."""
+    if record["config"].get("calibrate"):
+        return record["calibration"]["threshold"]
+    return record["config"]["threshold"]

@@ -23,10 +23,12 @@ VOCAB_SOURCES = ("train+valid", "train")
 LR_SCHEDULES = ("constant", "cosine")
 SWEEP_WEIGHTS = ("best", "last")
 SELECT_ON = ("deep", "objective")
+CALIBRATION_RISKS = ("inconsistency", "ppl_increase")  # see ease.calibrate
 # Fields added after records were first published. They enter the run_id hash only when they
 # differ from these defaults, so every record made before they existed keeps its id.
 LATER_FIELDS = {"lr_schedule": "constant", "sweep_weights": "best", "compile": False, "test_chars": 0,
-                "select_on": "deep"}
+                "select_on": "deep", "calibrate": False, "calibration_risk": "inconsistency",
+                "calibration_epsilon": 0.05, "calibration_delta": 0.1, "calibration_chars": 200_000}
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,16 @@ class RunConfig:
     compile: bool = False
     # early exit
     exit_layer: int = 1
-    threshold: float = 0.95
+    threshold: float = 0.95  # the operating threshold (with `calibrate`: the one per-epoch numbers use)
+    # calibrate: after training, choose the operating threshold by Learn-then-Test (ease.calibrate) on held-out
+    # validation text (the calibration_chars characters after the first val_chars): the most aggressive
+    # sweep threshold whose risk (calibration_risk, against the full model) is <= calibration_epsilon with
+    # probability >= 1 - calibration_delta; record["calibration"] says which, and metrics are read there
+    calibrate: bool = False
+    calibration_risk: str = "inconsistency"
+    calibration_epsilon: float = 0.05
+    calibration_delta: float = 0.1
+    calibration_chars: int = 200_000
     sweep_thresholds: tuple[float, ...] = field(default=FINE_THRESHOLDS)
     # "best": sweep the kept (best-epoch) weights; "last": sweep the weights of the last epoch run,
     # as the original code did after early stopping (its results table used the best epoch)
@@ -81,7 +92,7 @@ class RunConfig:
             raise ValueError(f"RunConfig: {msg}")
 
         for name in ("seed", "n_layers", "dim", "n_heads", "train_chars", "val_chars", "seq_len",
-                     "batch_size", "max_epochs", "patience", "exit_layer", "test_chars"):
+                     "batch_size", "max_epochs", "patience", "exit_layer", "test_chars", "calibration_chars"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 fail(f"{name} must be an integer, got {value!r}")
@@ -95,10 +106,20 @@ class RunConfig:
             fail(f"test_chars must be a number of characters, 0 (no test text) or -1 (all of it), got {self.test_chars}")
         if self.select_on not in SELECT_ON:
             fail(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
+        if self.calibration_risk not in CALIBRATION_RISKS:
+            fail(f"calibration_risk must be one of {CALIBRATION_RISKS}, got {self.calibration_risk!r}")
+        for name in ("calibration_epsilon", "calibration_delta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                fail(f"{name} must be a number between 0 and 1 (exclusive), got {value!r}")
+        if self.calibration_chars < 1:
+            fail(f"calibration_chars must be at least 1, got {self.calibration_chars}")
+        if self.calibrate and self.exit_layer >= self.n_layers:
+            fail("calibrate needs an exit layer below the last layer (exit_layer < n_layers)")
         if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
             fail(f"dim ({self.dim}) must split into n_heads ({self.n_heads}) heads of even size "
                  "(rotary positions rotate pairs of channels)")
-        for name in ("shuffle", "compile"):
+        for name in ("shuffle", "compile", "calibrate"):
             if not isinstance(getattr(self, name), bool):
                 fail(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.norm not in NORMS:
@@ -127,7 +148,7 @@ class RunConfig:
             _check_threshold(t, "sweep_thresholds entry")
         object.__setattr__(self, "sweep_thresholds", tuple(sorted({float(t) for t in sweep})))
         # ints and floats of equal value must hash to the same run_id (threshold=1 is threshold=1.0)
-        for name in ("threshold", "lr", "grad_clip"):
+        for name in ("threshold", "lr", "grad_clip", "calibration_epsilon", "calibration_delta"):
             object.__setattr__(self, name, float(getattr(self, name)))
 
         if self.setting == "custom":

@@ -182,20 +182,37 @@ def build_corpus(train_text: str, val_text: str, vocab_from: str = "train+valid"
     return CharCorpus(vocab, encode(train_text), encode(val_text))
 
 
-def encode_test(corpus: CharCorpus, test_text: str) -> None:
-    """Encode held-out test text into `corpus.test_ids` with the corpus's vocabulary.
+def encode_held_out(corpus: CharCorpus, text: str) -> tuple[torch.Tensor, int]:
+    """Held-out text (test or calibration) as ids of the corpus's vocabulary, and how many of its
+    characters the vocabulary lacks.
 
-    A test character the vocabulary lacks (WikiText-2's test split has 112 of 1,255,018 outside the
-    default run's vocabulary, e.g. 'é', '×', '→') cannot be predicted by a model without that output:
-    it becomes the unknown character where the vocabulary has one (vocab_from "train"), and is
-    left out of the text otherwise (its neighbours become neighbours). Either way the count is kept in
-    `corpus.test_unknown_chars`, and records report it.
+    Such a character (WikiText-2's test split has 112 of 1,255,018 outside the default run's
+    vocabulary, e.g. 'é', '×', '→') cannot be predicted by a model without that output: it becomes the
+    unknown character where the vocabulary has one (vocab_from "train"), and is left out of the text
+    otherwise (its neighbours become neighbours). Records report the count.
     """
     index = {ch: i for i, ch in enumerate(corpus.vocab)}
     unknown = index.get(UNKNOWN_CHAR)
-    ids = [index.get(ch, unknown) for ch in test_text]
-    corpus.test_unknown_chars = sum(1 for ch in test_text if ch not in index)
-    corpus.test_ids = torch.tensor([i for i in ids if i is not None], dtype=torch.long)
+    ids = [index.get(ch, unknown) for ch in text]
+    return torch.tensor([i for i in ids if i is not None], dtype=torch.long), sum(ch not in index for ch in text)
+
+
+def encode_test(corpus: CharCorpus, test_text: str) -> None:
+    """Encode test text into `corpus.test_ids` (and the count of unknown characters into
+    `corpus.test_unknown_chars`), see `encode_held_out`."""
+    corpus.test_ids, corpus.test_unknown_chars = encode_held_out(corpus, test_text)
+
+
+def calibration_text(corpus: str, val_chars: int, calibration_chars: int) -> str:
+    """The `calibration_chars` characters of the validation split that follow the first `val_chars`
+    (the text that chose the epoch): held out from training, from epoch choice and from the test split."""
+    if corpus == PLACEHOLDER:
+        raise DataError("the placeholder corpus has no validation text beyond its runs' own to calibrate on")
+    valid = _whole_splits(corpus).valid
+    if val_chars + calibration_chars > len(valid):
+        raise DataError(f"the validation split of {corpus!r} has {len(valid)} characters: too few for "
+                        f"val_chars={val_chars} plus calibration_chars={calibration_chars}")
+    return valid[val_chars:val_chars + calibration_chars]
 
 
 # --- the text a run uses, and its provenance --------------------------------------------------

@@ -14,7 +14,8 @@ import torch
 from tqdm import tqdm  # plain text bar: also fine in notebooks without ipywidgets
 
 from ease.config import RunConfig
-from ease.data import CharCorpus, load_corpus, make_batches
+from ease.calibrate import block_risks, learn_then_test
+from ease.data import CharCorpus, calibration_text, encode_held_out, load_corpus, make_batches, sha256_text
 from ease.exits import TokenStats, block_sums, collect_token_stats, layer_losses, summary, sweep
 from ease.losses import trained_layers, weighted_loss
 from ease.model import EarlyExitLM, ModelConfig
@@ -173,9 +174,13 @@ def _train_and_record(config: RunConfig, corpus: CharCorpus, results_dir: str | 
     dev = next(trained.model.parameters()).device
 
     start = time.perf_counter()
+    calibration = calibrate_threshold(trained.model, corpus, config, dev) if config.calibrate else None
+    # the threshold the record's metrics are read at: the config's, or the calibrated one (none: never exit)
+    operating = config.threshold if calibration is None else \
+        (math.inf if calibration["threshold"] is None else calibration["threshold"])
     val_x, val_y = make_batches(corpus.val_ids, config.seq_len, config.batch_size)
     stats = collect_token_stats(trained.model, val_x, val_y, config.exit_layer, dev)
-    metrics = summary(stats, config.threshold)
+    metrics = summary(stats, operating)
     metrics.update(best_epoch=trained.best_epoch, epochs_run=len(trained.history), eval_tokens=len(stats))
     if trained.last_state is not None:  # sweep_weights "last": the original swept the post-stop weights
         last_model = build_model(config, corpus.vocab_size).to(dev)
@@ -183,7 +188,7 @@ def _train_and_record(config: RunConfig, corpus: CharCorpus, results_dir: str | 
         stats = collect_token_stats(last_model, val_x, val_y, config.exit_layer, dev)
         metrics["sweep_epoch"] = len(trained.history)
     sweep_rows = sweep(stats, config.sweep_thresholds)
-    test = held_out(trained.model, corpus, config, dev) if corpus.test_ids is not None else None
+    test = held_out(trained.model, corpus, config, dev, operating) if corpus.test_ids is not None else None
     eval_s = time.perf_counter() - start
 
     record = {
@@ -200,6 +205,8 @@ def _train_and_record(config: RunConfig, corpus: CharCorpus, results_dir: str | 
     }
     if test is not None:
         record["test"] = test
+    if calibration is not None:
+        record["calibration"] = calibration
     check_record(record, record_path(results_dir, config.run_id))  # never write a record readers would refuse
     # Checkpoint first, record last: a record on disk means the whole run finished.
     state = {"config": config.to_dict(), "vocab": corpus.vocab,
@@ -214,19 +221,38 @@ def _train_and_record(config: RunConfig, corpus: CharCorpus, results_dir: str | 
 TEST_BLOCKS = 50
 
 
-def held_out(model: EarlyExitLM, corpus: CharCorpus, config: RunConfig, dev: torch.device) -> dict:
-    """The kept model on the held-out test text: routed metrics at config.threshold, the sweep, the two
-    oracles, and per-block sums for intervals over the text (ease.exits.block_sums)."""
+def held_out(model: EarlyExitLM, corpus: CharCorpus, config: RunConfig, dev: torch.device,
+             threshold: float) -> dict:
+    """The kept model on the held-out test text: routed metrics at `threshold` (the operating one), the
+    sweep, the two oracles, and per-block sums for intervals over the text (ease.exits.block_sums)."""
     test_x, test_y = make_batches(corpus.test_ids, config.seq_len, config.batch_size)
     stats = collect_token_stats(model, test_x, test_y, config.exit_layer, dev)
     label = torch.minimum(stats.ce_exit, stats.ce_last)
     consistency = torch.where(stats.agree, stats.ce_exit, stats.ce_last)
     return {"unknown_chars": corpus.test_unknown_chars, "tokens": len(stats), "blocks": TEST_BLOCKS,
-            "metrics": summary(stats, config.threshold), "sweep": sweep(stats, config.sweep_thresholds),
+            "metrics": summary(stats, threshold), "sweep": sweep(stats, config.sweep_thresholds),
             "oracles": {"label_ppl": math.exp(label.double().mean().item()),
                         "consistency_ppl": math.exp(consistency.double().mean().item()),
                         "consistency_shallow_frac": stats.agree.double().mean().item()},
             "block_sums": block_sums(stats, config.sweep_thresholds, TEST_BLOCKS)}
+
+
+# Calibration blocks: one batch of tokens each (about 2,000 characters, a paragraph or two of an article);
+# the default 200,000 calibration characters give 97 of them.
+CALIBRATION_BLOCK_TOKENS = 2048
+
+
+def calibrate_threshold(model: EarlyExitLM, corpus: CharCorpus, config: RunConfig, dev: torch.device) -> dict:
+    """Learn-then-Test on the calibration text (ease.data.calibration_text): the record's "calibration"."""
+    text = calibration_text(config.corpus, config.val_chars, config.calibration_chars)
+    ids, unknown = encode_held_out(corpus, text)
+    cal_x, cal_y = make_batches(ids, config.seq_len, config.batch_size)
+    stats = collect_token_stats(model, cal_x, cal_y, config.exit_layer, dev)
+    n_blocks = max(1, len(stats) // CALIBRATION_BLOCK_TOKENS)
+    risks = block_risks(stats, config.sweep_thresholds, n_blocks, config.calibration_risk)
+    result = learn_then_test(risks, config.sweep_thresholds, config.calibration_epsilon, config.calibration_delta,
+                             config.calibration_risk)
+    return {**result.to_dict(), "tokens": len(stats), "unknown_chars": unknown, "sha256": sha256_text(text)}
 
 
 def load_checkpoint(results_dir: str | Path, config: RunConfig) -> tuple[EarlyExitLM, list[str]]:

@@ -77,6 +77,11 @@ compile = None  # True: torch.compile the training step (faster; numbers differ 
 exit_layer = None
 threshold = None
 sweep_thresholds = None
+calibrate = None  # True: choose the operating threshold by Learn-then-Test after training (ease.calibrate)
+calibration_risk = None  # "inconsistency" (routed argmax differs from the full model's) or "ppl_increase"
+calibration_epsilon = None  # the risk allowed
+calibration_delta = None  # the chance, over the calibration text, that the risk is above epsilon anyway
+calibration_chars = None  # validation characters after the first val_chars to calibrate on
 sweep_weights = None  # "best" (the kept epoch's weights) or "last" (the last epoch's, as the original code)
 # analysis
 thresholds = None  # None: 0, 0.01, ..., 1 plus the document's thresholds

@@ -77,6 +77,11 @@ compile = None  # True: torch.compile the training step (faster; numbers differ 
 exit_layer = None
 threshold = None
 sweep_thresholds = None
+calibrate = None  # True: choose the operating threshold by Learn-then-Test after training (ease.calibrate)
+calibration_risk = None  # "inconsistency" (routed argmax differs from the full model's) or "ppl_increase"
+calibration_epsilon = None  # the risk allowed
+calibration_delta = None  # the chance, over the calibration text, that the risk is above epsilon anyway
+calibration_chars = None  # validation characters after the first val_chars to calibrate on
 sweep_weights = None  # "best" (the kept epoch's weights) or "last" (the last epoch's, as the original code)
 # where and how
 results_dir = None  # None: "results", or "results/smoke" in smoke mode
@@ -127,6 +132,24 @@ sweep[sweep["threshold"].isin(ease.DOC_THRESHOLDS)][["threshold", "ppl", "shallo
 axes = plot_sweep(sweep, config.threshold, config.exit_layer)
 axes[0].figure.suptitle(config.run_id)
 axes[0].figure.tight_layout()
+
+# %% [markdown]
+# ## Calibrated threshold
+#
+# With `calibrate`, the operating threshold is not given but chosen after training by Learn-then-Test on
+# validation text the run never saw (`ease.calibrate`): thresholds are tested from the safest down, and the
+# last one whose risk is certified to be at most epsilon (with probability 1 - delta) is kept.
+
+# %%
+if "calibration" in record:
+    cal = record["calibration"]
+    print(f"risk {cal['risk']} <= {cal['epsilon']:g} with probability >= {1 - cal['delta']:g}, "
+          f"{cal['n_blocks']} blocks of calibration text: threshold "
+          f"{'none certified (never exit)' if cal['threshold'] is None else format(cal['threshold'], 'g')}")
+    display(pd.DataFrame({"threshold": cal["thresholds"], "empirical risk": cal["empirical_risk"],
+                          "p-value": cal["p_values"]}).round(4))
+else:
+    print(f"fixed threshold {config.threshold:g} (calibrate = False)")
 
 # %% [markdown]
 # ## Held-out test text

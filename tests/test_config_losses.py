@@ -213,6 +213,10 @@ def test_bad_vocab_source():
     ("test_chars", -2, "test_chars must be a number of characters, 0 \\(no test text\\) or -1"),
     ("test_chars", 1.5, "test_chars must be an integer"),
     ("select_on", "loss", "select_on must be one of \\('deep', 'objective'\\), got 'loss'"),
+    ("calibration_risk", "loss", "calibration_risk must be one of"),
+    ("calibration_epsilon", 0, "calibration_epsilon must be a number between 0 and 1"),
+    ("calibration_delta", 1.5, "calibration_delta must be a number between 0 and 1"),
+    ("calibration_chars", 0, "calibration_chars must be at least 1"),
 ])
 def test_bad_types_and_ranges(field_name, value, message):
     with pytest.raises(ValueError, match=message):
@@ -294,6 +298,8 @@ FIELD_CHANGES = {
     "seq_len": 32, "batch_size": 8, "shuffle": True, "lr": 2e-3, "grad_clip": 0.5, "max_epochs": 5,
     "patience": 2, "exit_layer": 2, "threshold": 0.9, "sweep_thresholds": (0.5, 0.9),
     "lr_schedule": "cosine", "sweep_weights": "last", "compile": True, "test_chars": 1000, "select_on": "objective",
+    "calibrate": True, "calibration_risk": "ppl_increase", "calibration_epsilon": 0.1, "calibration_delta": 0.2,
+    "calibration_chars": 1000,
 }
 
 

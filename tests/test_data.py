@@ -490,3 +490,14 @@ def test_test_text_asked_but_missing_or_short(tmp_path):
         load_corpus(str(folder), 6, 3, test_chars=10)
     with pytest.raises(DataError, match="no test split"):
         load_corpus("placeholder", 100_000, 10_000, test_chars=-1)
+
+
+def test_calibration_text_follows_the_validation_text(tmp_path):
+    from ease.data import calibration_text
+
+    folder = _write_corpus(tmp_path / "c", {"train": "abcabc", "valid": "0123456789", "test": "ab"})
+    assert calibration_text(str(folder), 3, 4) == "3456"
+    with pytest.raises(DataError, match="10 characters: too few for val_chars=3 plus calibration_chars=8"):
+        calibration_text(str(folder), 3, 8)
+    with pytest.raises(DataError, match="placeholder"):
+        calibration_text("placeholder", 3, 4)

@@ -565,3 +565,32 @@ def test_held_out_results_and_selection_on_the_runs_own_objective(tiny, tmp_path
 def test_validation_only_runs_read_no_test_text(runs):
     _, (record, _, _) = runs
     assert "test" not in record and "val_objective" not in record["history"][0]
+
+
+def test_calibrated_threshold_is_learn_then_tests_choice_and_the_metrics_are_read_there(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "CALIBRATION_BLOCK_TOKENS", 16)  # many small blocks from the small corpus
+    cfg = tiny.replace(calibrate=True, calibration_chars=3000, calibration_epsilon=0.2, calibration_delta=0.2,
+                       sweep_thresholds=tuple(i / 20 for i in range(21)))
+    record = ease.run(cfg, tmp_path, progress=False)
+    cal = record["calibration"]
+    assert cal["n_blocks"] == cal["tokens"] // 16 > 50
+    assert cal["thresholds"][0] == 1.0  # tested from the safest down
+    # every tested threshold but a failing last one is certified, and the kept one is the last certified
+    certified = [t for t, p in zip(cal["thresholds"], cal["p_values"]) if p <= cal["delta"]]
+    assert certified == cal["thresholds"][:len(certified)] and certified, cal
+    assert cal["threshold"] == certified[-1]
+    assert len(certified) == len(cal["thresholds"]) or cal["p_values"][len(certified)] > cal["delta"]
+    row = next(r for r in record["sweep"] if r["threshold"] == cal["threshold"])
+    assert record["metrics"]["shallow_frac"] == row["shallow_frac"] and record["metrics"]["ppl"] == row["ppl"]
+    assert ease.calibrate.operating_threshold(record) == cal["threshold"]
+    # the calibration text is the validation split after the text that chose the epoch
+    text = (Path(tiny.corpus) / "valid.txt").read_text(encoding="utf-8")[cfg.val_chars:cfg.val_chars + 3000]
+    assert cal["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_nothing_certified_means_never_exit(tiny, tmp_path):
+    # one block of calibration text can certify nothing at delta 0.1: the run never exits
+    cfg = tiny.replace(calibrate=True, calibration_chars=3000)
+    record = ease.run(cfg, tmp_path, progress=False)
+    assert record["calibration"]["n_blocks"] == 1 and record["calibration"]["threshold"] is None
+    assert record["metrics"]["shallow_frac"] == 0.0 and ease.calibrate.operating_threshold(record) is None

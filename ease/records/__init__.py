@@ -146,6 +146,9 @@ def check_record(record: Any, path: str | Path, check_name: bool = True) -> dict
         if config.run_id != record["run_id"]:
             raise fail(f"holds a different config than its id says (it hashes to {config.run_id}, "
                        f"not {record['run_id']})")
+        if config.calibrate != ("calibration" in record):
+            raise fail(f"has {'no ' if 'calibration' not in record else ''}calibration, but its config has "
+                       f"calibrate={config.calibrate}")
         if bool(config.test_chars) != ("test" in record):
             raise fail(f"has {'no ' if 'test' not in record else ''}test-text results, but its config has "
                        f"test_chars={config.test_chars}")

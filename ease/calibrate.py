@@ -133,3 +133,58 @@ def operating_threshold(record: dict) -> float | None:
     if record["config"].get("calibrate"):
         return record["calibration"]["threshold"]
     return record["config"]["threshold"]
+
+
+@dataclass
+class Validity:
+    """Does the promise hold? Many random calibration/test splits of one model's held-out blocks."""
+
+    epsilon: float
+    delta: float
+    risk: str
+    splits: int
+    exceeded: float  # share of splits whose test-half risk at the calibrated threshold exceeds epsilon
+    test_risk: list[float]  # per split
+    shallow: list[float]  # per split: Shallow% on the test half at the calibrated threshold
+    thresholds: list[float | None]  # per split: the calibrated threshold (None: never exit)
+    oracle_threshold: float | None  # the lowest sweep threshold whose risk on ALL blocks is <= epsilon (hindsight)
+    oracle_shallow: float  # its Shallow% on all blocks
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def validity(stats: TokenStats, thresholds: Sequence[float], n_blocks: int, risk: str, epsilon: float,
+             delta: float, splits: int = 200, seed: int = 0) -> Validity:
+    """Split the blocks at random into calibration and test halves `splits` times; calibrate on one half
+    (`learn_then_test`), measure the risk and Shallow% at the chosen threshold on the other. The promise
+    holds when the share of splits whose test risk exceeds epsilon is at most delta (up to the noise of a
+    finite test half). The hindsight threshold (best fixed threshold that meets epsilon on all blocks) is
+    what a user reading a sweep on this very text would pick: calibration gives up some of its Shallow%."""
+    risks = block_risks(stats, thresholds, n_blocks, risk)
+    n = len(stats)
+    bounds = torch.linspace(0, n, n_blocks + 1).round().long().tolist()
+    exits = np.array([[float((stats.confidence[lo:hi] >= t).double().sum()) for t in thresholds]
+                      for lo, hi in zip(bounds, bounds[1:])])  # [blocks, thresholds]
+    tokens = np.diff(bounds).astype(float)
+    rng = np.random.default_rng(seed)
+    out = Validity(float(epsilon), float(delta), risk, splits, 0.0, [], [], [], None, 0.0)
+    for _ in range(splits):
+        order = rng.permutation(n_blocks)
+        cal, test = order[: n_blocks // 2], order[n_blocks // 2:]
+        chosen = learn_then_test(risks[cal], thresholds, epsilon, delta, risk).threshold
+        if chosen is None:
+            out.test_risk.append(0.0)  # nobody exits: routed = full model
+            out.shallow.append(0.0)
+        else:
+            j = list(thresholds).index(chosen)
+            out.test_risk.append(float(risks[test, j].mean()))
+            out.shallow.append(float(exits[test, j].sum() / tokens[test].sum()))
+        out.thresholds.append(chosen)
+    out.exceeded = float(np.mean(np.array(out.test_risk) > epsilon))
+    meets = [t for j, t in enumerate(thresholds) if risks[:, j].mean() <= epsilon]
+    if meets:
+        out.oracle_threshold = float(min(meets))
+        j = list(thresholds).index(min(meets))
+        out.oracle_shallow = float(exits[:, j].sum() / tokens.sum())
+    return out

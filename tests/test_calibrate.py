@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ease.calibrate import block_risks, hoeffding_bentkus_p, learn_then_test
+from ease.calibrate import block_risks, hoeffding_bentkus_p, learn_then_test, validity
 from ease.exits import TokenStats
 
 
@@ -66,3 +66,20 @@ def test_block_risks_by_hand():
     assert block_risks(stats, [0.5, 1.1], 2, "inconsistency").tolist() == [[0.5, 0.0], [0.5, 0.0]]
     ppl = block_risks(stats, [0.5], 2, "ppl_increase")
     assert ppl[0, 0] == 0.0 and ppl[1, 0] == pytest.approx(math.exp(0.5) - 1)
+
+
+def test_validity_on_a_model_like_score_distribution():
+    # tokens whose exit-layer argmax disagrees with the last layer's are the less confident ones, as in a
+    # real model: the risk curve falls with the threshold
+    gen = torch.Generator().manual_seed(0)
+    n = 40_000
+    conf = torch.rand(n, generator=gen)
+    agree = torch.rand(n, generator=gen) < conf  # P(agree) = confidence
+    stats = TokenStats(conf, torch.ones(n), torch.ones(n), 1, 3, agree)
+    thresholds = [i / 20 for i in range(21)]
+    v = validity(stats, thresholds, n_blocks=200, risk="inconsistency", epsilon=0.05, delta=0.1, splits=100)
+    assert len(v.test_risk) == 100 and v.exceeded <= 0.1
+    # true risk at threshold t: P(conf >= t and disagree) = (1 - t)^2 / 2 <= 0.05 from t = 0.684: hindsight 0.7
+    assert v.oracle_threshold == pytest.approx(0.7)
+    assert np.mean([t is not None and t < 0.65 for t in v.thresholds]) <= 0.1  # true risk above epsilon there
+    assert 0 < np.mean(v.shallow) <= v.oracle_shallow  # the guarantee costs some early exits

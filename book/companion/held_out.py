@@ -430,8 +430,7 @@ def texts(ms: dict[str, Model], comps: Sequence[Comparison], check: dict | None)
            "ho_tokens": f"{c['max_epochs'] * epoch_tokens / 1e6:.1f}M", "ho_test_tokens": f"{test['tokens']:,}",
            "ho_unknown": str(test["unknown_chars"]), "ho_blocks": str(test["blocks"]),
            "ho_block_tokens": f"{int(a7.tokens.mean()):,}", "ho_replicates": f"{REPLICATES:,}",
-           "ho_alpha": f"{FAMILY_ALPHA:g}", "ho_n_primary": str(len(comps)),
-           "ho_check_seeds": str(len(next(iter(check.values())).records)) if check else "0"}
+           "ho_alpha": f"{FAMILY_ALPHA:g}", "ho_n_primary": str(len(comps))}
     return out
 
 

@@ -503,3 +503,130 @@ def compute_fracs(shallow_frac: float, cfg: ModelConfig, exit_layer: int = 1, de
     flops = flop_compute_frac(shallow_frac, cfg, exit_layer, decide, context)
     return {"compute_frac": layer_compute_frac(shallow_frac, exit_layer, cfg.n_layers),
             "flop_compute_frac": flops}
+
+
+# ----------------------------------------------------------------------------- self-speculative decoding
+
+@dataclass
+class SpeculativeGeneration:
+    """Output of `speculative_generate`: the full model's greedy tokens and how the drafts fared."""
+
+    tokens: torch.Tensor  # [B, N]: token for token the full model's greedy output
+    drafted: int  # draft tokens proposed by the exit layer (per row)
+    accepted: int  # of those, kept (agreeing with the full model)
+    rounds: int  # verification passes of the deeper layers
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+class _SpecCache:
+    """Keys and values of every layer for B left-padded rows decoded in lockstep (one column index)."""
+
+    def __init__(self, model: EarlyExitLM, valid: torch.Tensor, pad: torch.Tensor):
+        cfg, dev = model.cfg, model.head.weight.device
+        B, capacity = valid.shape
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.dim // cfg.n_heads
+        shape = (cfg.n_layers, B, self.n_heads, capacity, self.head_dim)
+        self.k = torch.zeros(shape, device=dev, dtype=model.head.weight.dtype)
+        self.v = torch.zeros_like(self.k)
+        self.valid, self.pad = valid, pad
+        cos, sin = rotary_tables(capacity, self.head_dim)
+        self.cos, self.sin = cos.to(dev), sin.to(dev)
+
+    def layer(self, block, layer: int, h: torch.Tensor, start: int) -> torch.Tensor:
+        """Block `layer` (0-based) on new columns start..start+T of h [B, T, C], writing their K/V."""
+        B, T, C = h.shape
+        cols = torch.arange(start, start + T, device=h.device)
+        pos = (cols[None, :] - self.pad[:, None]).clamp(min=0)  # each row's positions count from its first token
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [B, 1, T, D/2]
+        a = block.norm1(h) if block.pre_norm else h
+        qkv = block.attn.qkv(a).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(qkv[:2], cos, sin)
+        self.k[layer, :, :, start:start + T], self.v[layer, :, :, start:start + T] = k, qkv[2]
+        end = start + T
+        keys = torch.arange(end, device=h.device)
+        allowed = (keys[None, :] <= cols[:, None])[None] & (self.valid[:, None, :end] | (keys[None, :] == cols[:, None])[None])
+        y = F.scaled_dot_product_attention(q, self.k[layer, :, :, :end], self.v[layer, :, :, :end],
+                                           attn_mask=allowed[:, None])
+        return _finish_block(block, h, block.attn.out(y.transpose(1, 2).reshape(B, T, C)))
+
+
+@torch.inference_mode()
+def speculative_generate(model: EarlyExitLM, prompts, max_new_tokens: int, draft: int = 4,
+                         exit_layer: int = 1) -> SpeculativeGeneration:
+    """Lossless self-speculative greedy decoding.
+
+    Layers 1..exit_layer and the shared head there draft `draft` tokens one by one; the deeper layers
+    then check them in one pass over the drafted positions, reusing the keys and values the draft
+    already wrote for layers 1..exit_layer (the draft *is* the full model's lower part, so nothing
+    is recomputed there). The longest prefix of drafts that agrees with the full model's own greedy
+    choices is kept, plus the full model's next token, so the output is the full model's greedy output
+    token for token (up to floating-point near-ties: the deeper layers see several positions in one
+    matrix product instead of one at a time). Rows of a batch are decoded in lockstep: each round keeps
+    the shortest agreeing prefix of any row (the others' extra agreeing drafts are redone next round).
+    """
+    cfg = model.cfg
+    _check_exit_layer(model, exit_layer)
+    if exit_layer >= cfg.n_layers:
+        raise ValueError(f"speculative decoding drafts with a layer below the last, got exit_layer={exit_layer} "
+                         f"of {cfg.n_layers}")
+    for name, value, low in (("max_new_tokens", max_new_tokens, 0), ("draft", draft, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    rows = _prompt_rows(prompts, cfg.vocab_size)
+    dev = model.head.weight.device
+    B, N, P = len(rows), max_new_tokens, max(len(r) for r in rows)
+    capacity = P + N + draft
+    idx = torch.zeros(B, P, dtype=torch.long, device=dev)
+    valid = torch.ones(B, capacity, dtype=torch.bool, device=dev)
+    pad = torch.tensor([P - len(r) for r in rows], device=dev)
+    for b, r in enumerate(rows):
+        idx[b, P - len(r):] = torch.tensor(r, device=dev)
+        valid[b, :P - len(r)] = False
+    was_training = model.training
+    model.eval()
+    cache = _SpecCache(model, valid, pad)
+    blocks, e = model.blocks, exit_layer
+    head = lambda h: model.head(model.final_norm(h))  # noqa: E731 - the shared head, as EarlyExitLM reads a layer
+
+    def lower(tok: torch.Tensor, start: int) -> torch.Tensor:
+        h = model.embed(tok)
+        for layer in range(e):
+            h = cache.layer(blocks[layer], layer, h, start)
+        return h
+
+    def upper(h: torch.Tensor, start: int) -> torch.Tensor:
+        for layer in range(e, cfg.n_layers):
+            h = cache.layer(blocks[layer], layer, h, start)
+        return head(h)
+
+    out = torch.empty(B, N, dtype=torch.long, device=dev)
+    drafted = accepted = rounds = 0
+    if N:
+        nxt = upper(lower(idx, 0), 0)[:, -1].argmax(-1)  # prefill: the full model's first token
+        n, done = P, 0  # columns cached; tokens emitted
+        while done < N:
+            # draft: d_0 is the full model's token; the exit layer proposes d_1..d_k
+            k = min(draft, N - done - 1)
+            toks, states = [nxt], []
+            for j in range(k + 1):
+                h = lower(toks[-1][:, None], n + j)
+                states.append(h)
+                if j < k:
+                    toks.append(head(h)[:, 0].argmax(-1))
+            # verify d_0..d_k's successors in one pass of the deeper layers over columns n..n+k
+            full = upper(torch.cat(states, dim=1), n).argmax(-1)  # [B, k+1]: the full model's choice after each
+            rounds += 1
+            agree = torch.stack(toks[1:], dim=1) == full[:, :k] if k else torch.zeros(B, 0, dtype=torch.bool, device=dev)
+            m = int(agree.long().cumprod(dim=1).sum(dim=1).min()) if k else 0  # drafts kept by every row
+            drafted += k
+            accepted += m
+            emitted = torch.stack(toks[:m + 1], dim=1)  # d_0..d_m: all the full model's own choices
+            out[:, done:done + m + 1] = emitted
+            done += m + 1
+            n += m + 1  # cache columns beyond are stale and overwritten next round
+            nxt = full[:, m]
+    model.train(was_training)
+    return SpeculativeGeneration(out, drafted, accepted, rounds)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ease.data import make_batches
 from ease.decode import (compute_fracs, decode_text, flop_compute_frac, generate, real_exit_eval,
-                         real_exit_forward)
+                         real_exit_forward, speculative_generate)
 from ease.exits import collect_token_stats, sweep
 from ease.model import EarlyExitLM, ModelConfig
 
@@ -279,3 +279,40 @@ def test_bad_inputs_are_rejected_clearly():
     with pytest.raises(ValueError, match="shallow_frac"):
         flop_compute_frac(1.5, model.cfg)
     assert generate(model, [[1, 2]], 0).tokens.shape == (1, 0)
+
+
+# --- lossless self-speculative decoding ------------------------------------------------------------
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+@pytest.mark.parametrize("draft", [1, 3, 6])
+def test_speculative_decoding_is_the_full_models_greedy_output(norm, draft):
+    torch.manual_seed(1)
+    model = EarlyExitLM(ModelConfig(vocab_size=23, n_layers=4, dim=32, n_heads=4, max_seq_len=64, norm=norm))
+    prompts = [[1, 2, 3, 4, 5], [7, 7], [3, 9, 11, 2, 2, 2, 1]]  # ragged: left-padded, decoded in lockstep
+    full = generate(model, prompts, 25).tokens  # threshold None: full depth, with the KV cache
+    for exit_layer in (1, 2, 3):
+        spec = speculative_generate(model, prompts, 25, draft=draft, exit_layer=exit_layer)
+        assert torch.equal(spec.tokens, full), (exit_layer, draft)
+        one = speculative_generate(model, [prompts[2]], 25, draft=draft, exit_layer=exit_layer)
+        assert torch.equal(one.tokens, full[2:3])  # batch 1
+
+
+def test_speculative_decoding_accepts_every_draft_when_the_deeper_layers_change_nothing():
+    torch.manual_seed(2)
+    model = EarlyExitLM(ModelConfig(vocab_size=23, n_layers=3, dim=32, n_heads=4, max_seq_len=64, norm="pre"))
+    with torch.no_grad():  # pre-norm blocks with zero weights add nothing: the exit layer is the full model
+        for block in model.blocks[1:]:
+            for p in block.parameters():
+                p.zero_()
+    spec = speculative_generate(model, [[1, 2, 3]], 20, draft=4, exit_layer=1)
+    assert spec.acceptance == 1.0 and spec.rounds == 4  # 20 tokens in rounds of 1 + 4
+    assert torch.equal(spec.tokens, generate(model, [[1, 2, 3]], 20).tokens)
+
+
+def test_speculative_decoding_bad_input():
+    model = EarlyExitLM(ModelConfig(vocab_size=23, n_layers=3, dim=32, n_heads=4, max_seq_len=64))
+    with pytest.raises(ValueError, match="below the last"):
+        speculative_generate(model, [[1, 2]], 5, exit_layer=3)
+    with pytest.raises(ValueError, match="draft must be an integer >= 1"):
+        speculative_generate(model, [[1, 2]], 5, draft=0)
+    assert speculative_generate(model, [[1, 2]], 0).tokens.shape == (1, 0)

@@ -12,9 +12,15 @@ means retraining:
   (`ease.decode`, state propagation), beside the simulated numbers of the same weights;
 - `samples`: greedy generations from validation-text prompts with real early exit, each
   character with the layer it came from, at the operating threshold and at 0.5;
-- `vocab_size` and `eval_tokens`.
+- `vocab_size` and `eval_tokens`;
+- `test` (runs with held-out test text, `test_chars`, whose loss trains the exit layer): the same on
+  the test split, with per-block sums for intervals that resample the text (the record's
+  TEST_BLOCKS blocks): every measure and the oracle at matched Shallow%, real exit beside simulated
+  exit, and `calibration`, whether Learn-then-Test's promise holds over many random calibration/test
+  splits of the test text's blocks (`ease.calibrate.validity`).
 
-An analysis is recomputed when ANALYSIS_VERSION changes (and the checkpoint is there).
+An analysis is recomputed when ANALYSIS_VERSION changes, or, for a run with test text, when
+HELD_OUT_VERSION does (and the checkpoint is there).
 """
 from __future__ import annotations
 
@@ -22,19 +28,36 @@ from pathlib import Path
 
 import torch
 
-from ease.config import DOC_THRESHOLDS, RunConfig
+from ease.config import DOC_THRESHOLDS, FINE_THRESHOLDS, RunConfig
 from ease.data import make_batches
-from ease.exits import MEASURES, collect_exit_measures, collect_token_stats, matched_ppl, oracle_ppl, sweep
+from ease.exits import (MEASURES, ExitMeasures, TokenStats, block_bounds, collect_exit_measures, collect_token_stats,
+                        matched_exits, matched_ppl, oracle_ppl, per_block, sweep)
 from ease.results import analysis_path, checkpoint_path, read_record, write_json
-from ease.train import environment, load_trained, pick_device
+from ease.train import CALIBRATION_BLOCK_TOKENS, TEST_BLOCKS, environment, load_trained, pick_device
 
 ANALYSIS_VERSION = 1
+HELD_OUT_VERSION = 1
 SHALLOW_FRACTIONS = tuple(round(i * 0.025, 3) for i in range(41))
 # Real exit needs a pass per threshold (the deeper layers see different states at each one).
 REAL_EXIT_THRESHOLDS = tuple(sorted({0.0, 0.25, 0.6, 0.85, 0.975, 1.0, *DOC_THRESHOLDS}))
 # Generation samples: prompts cut from the validation text, short enough that prompt and
 # continuation stay within the training window (seq_len 64), so no position is extrapolated.
 SAMPLE_OFFSETS, SAMPLE_PROMPT, SAMPLE_NEW = (1000, 4000, 7000), 24, 40
+# Held-out text: the Shallow% at which measures are also kept per text block (for paired intervals), and the
+# calibration experiment: tolerances, confidence, number of random halvings of the test text's blocks.
+BLOCK_SHALLOW = (0.25, 0.5)
+# Real exit on the whole test split costs a pass per threshold: the thresholds that span the Shallow% range
+# (0.0: everyone exits; at 100% compute the record's full-depth numbers are the answer).
+TEST_REAL_EXIT_THRESHOLDS = (0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 0.95)
+CALIBRATION_EPSILONS = (0.02, 0.05, 0.1)
+CALIBRATION_DELTA = 0.1
+CALIBRATION_SPLITS = 200
+
+
+def wants_held_out(config: RunConfig) -> bool:
+    """Whether a run's analysis has a `test` part: it has test text and its loss trains the exit layer."""
+    return config.test_chars != 0 and config.exit_layer < config.n_layers and \
+        config.weights.get(config.exit_layer, 0.0) > 0
 
 
 def load_analysis(config: RunConfig, results_dir: str | Path) -> dict | None:
@@ -43,7 +66,11 @@ def load_analysis(config: RunConfig, results_dir: str | Path) -> dict | None:
     if not path.exists():
         return None
     data = read_record(path)
-    return data if data.get("analysis_version") == ANALYSIS_VERSION else None
+    if data.get("analysis_version") != ANALYSIS_VERSION:
+        return None
+    if wants_held_out(config) and data.get("test", {}).get("version") != HELD_OUT_VERSION:
+        return None
+    return data
 
 
 def analyse(config: RunConfig, results_dir: str | Path, device: str = "cpu") -> dict:
@@ -75,7 +102,45 @@ def analyse(config: RunConfig, results_dir: str | Path, device: str = "cpu") -> 
         for t in sorted({config.threshold, 0.5}, reverse=True):
             for d in decode_text(model, vocab, prompts, new, threshold=t, exit_layer=config.exit_layer):
                 out["samples"].append({"threshold": t, "prompt": d.prompt, "text": d.text, "layers": d.layers})
+    if wants_held_out(config):
+        out["test"] = held_out_analysis(model, corpus.test_ids, config, dev)
     out["env"] = environment(dev)
+    return out
+
+
+def held_out_analysis(model, test_ids: torch.Tensor, config: RunConfig, dev) -> dict:
+    """The `test` part of an analysis (see the module docstring); blocks as in the run's record."""
+    from ease.calibrate import RISKS, validity
+    from ease.decode import real_exit_eval
+
+    test_x, test_y = make_batches(test_ids, config.seq_len, config.batch_size)
+    m: ExitMeasures = collect_exit_measures(model, test_x, test_y, config.exit_layer, dev)
+    stats = TokenStats(m.scores["max_prob"], m.ce_exit, m.ce_last, config.exit_layer, config.n_layers, m.agree)
+    bounds = block_bounds(len(m), TEST_BLOCKS)
+    ce_exit, ce_last = m.ce_exit.double(), m.ce_last.double()
+    rank = {**m.scores, "oracle": ce_last - ce_exit}  # the oracle ranks by what exiting gains
+    out = {"version": HELD_OUT_VERSION, "tokens": len(m), "blocks": TEST_BLOCKS,
+           "agreement": m.agree.double().mean().item(), "shallow_fractions": list(SHALLOW_FRACTIONS),
+           "matched": {name: matched_ppl(score, m.ce_exit, m.ce_last, SHALLOW_FRACTIONS)
+                       for name, score in rank.items()},
+           "matched_blocks": {}}
+    for f in BLOCK_SHALLOW:
+        out["matched_blocks"][str(f)] = {
+            name: per_block(torch.where(matched_exits(score, f), ce_exit, ce_last), bounds)
+            for name, score in rank.items()}
+    simulated = sweep(stats, TEST_REAL_EXIT_THRESHOLDS)
+    real = real_exit_eval(model, test_x.to(dev), test_y.to(dev), TEST_REAL_EXIT_THRESHOLDS, config.exit_layer,
+                          n_blocks=TEST_BLOCKS)
+    out["real_exit"] = [{**r, **{f"sim_{k}": v for k, v in s.items() if k != "threshold"}}
+                        for r, s in zip(real, simulated)]
+    calibration_blocks = len(m) // CALIBRATION_BLOCK_TOKENS
+    out["calibration"] = {"block_tokens": CALIBRATION_BLOCK_TOKENS, "n_blocks": calibration_blocks,
+                          "thresholds": list(FINE_THRESHOLDS), "runs": []}
+    for risk in RISKS:
+        for eps in CALIBRATION_EPSILONS:
+            v = validity(stats, FINE_THRESHOLDS, calibration_blocks, risk, eps, CALIBRATION_DELTA,
+                         splits=CALIBRATION_SPLITS, seed=config.seed)
+            out["calibration"]["runs"].append(v.to_dict())
     return out
 
 

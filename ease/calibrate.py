@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from ease.exits import TokenStats
+from ease.exits import TokenStats, block_bounds, per_block
 
 RISKS = ("inconsistency", "ppl_increase")
 
@@ -109,21 +109,18 @@ def block_risks(stats: TokenStats, thresholds: Sequence[float], n_blocks: int, r
         raise ValueError(f"risk must be one of {RISKS}, got {risk!r}")
     if stats.agree is None:
         raise ValueError("the token stats need `agree` (ease.exits.collect_token_stats gives it)")
-    n = len(stats)
-    if not 1 <= n_blocks <= n:
-        raise ValueError(f"n_blocks must be within 1..{n}, got {n_blocks}")
-    bounds = torch.linspace(0, n, n_blocks + 1).round().long().tolist()
+    bounds = block_bounds(len(stats), n_blocks)
+    tokens = np.diff(bounds).astype(float)
     ce_exit, ce_last = stats.ce_exit.double(), stats.ce_last.double()
+    full = np.array(per_block(ce_last, bounds)) / tokens
     out = np.empty((n_blocks, len(thresholds)))
     for j, t in enumerate(thresholds):
         exits = stats.confidence >= t
-        for b, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
-            if risk == "inconsistency":
-                out[b, j] = (exits[lo:hi] & ~stats.agree[lo:hi]).double().mean().item()
-            else:
-                routed = torch.where(exits[lo:hi], ce_exit[lo:hi], ce_last[lo:hi]).mean()
-                increase = math.exp((routed - ce_last[lo:hi].mean()).item()) - 1
-                out[b, j] = min(1.0, max(0.0, increase))
+        if risk == "inconsistency":
+            out[:, j] = np.array(per_block(exits & ~stats.agree, bounds)) / tokens
+        else:
+            routed = np.array(per_block(torch.where(exits, ce_exit, ce_last), bounds)) / tokens
+            out[:, j] = np.clip(np.expm1(routed - full), 0.0, 1.0)
     return out
 
 
@@ -162,10 +159,8 @@ def validity(stats: TokenStats, thresholds: Sequence[float], n_blocks: int, risk
     finite test half). The hindsight threshold (best fixed threshold that meets epsilon on all blocks) is
     what a user reading a sweep on this very text would pick: calibration gives up some of its Shallow%."""
     risks = block_risks(stats, thresholds, n_blocks, risk)
-    n = len(stats)
-    bounds = torch.linspace(0, n, n_blocks + 1).round().long().tolist()
-    exits = np.array([[float((stats.confidence[lo:hi] >= t).double().sum()) for t in thresholds]
-                      for lo, hi in zip(bounds, bounds[1:])])  # [blocks, thresholds]
+    bounds = block_bounds(len(stats), n_blocks)
+    exits = np.array([per_block(stats.confidence >= t, bounds) for t in thresholds]).T  # [blocks, thresholds]
     tokens = np.diff(bounds).astype(float)
     rng = np.random.default_rng(seed)
     out = Validity(float(epsilon), float(delta), risk, splits, 0.0, [], [], [], None, 0.0)

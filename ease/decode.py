@@ -62,7 +62,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ease.exits import layer_compute_frac
+from ease.exits import block_bounds, layer_compute_frac, per_block
 from ease.model import EarlyExitLM, ModelConfig, apply_rotary, rotary_tables
 
 
@@ -293,10 +293,12 @@ def real_exit_forward(model: EarlyExitLM, idx: torch.Tensor, threshold: float | 
 
 @torch.inference_mode()
 def real_exit_eval(model: EarlyExitLM, inputs: torch.Tensor, targets: torch.Tensor,
-                   thresholds: Iterable[float], exit_layer: int = 1) -> list[dict[str, float]]:
+                   thresholds: Iterable[float], exit_layer: int = 1, n_blocks: int | None = None) -> list[dict]:
     """Real-exit metrics over batches [n_batches, B, T] (as `ease.data.make_batches` gives).
 
-    One row per threshold: {threshold, ppl, shallow_frac, compute_frac, flop_compute_frac}.
+    One row per threshold: {threshold, ppl, shallow_frac, compute_frac, flop_compute_frac}, and with
+    `n_blocks` the CE sums and exit counts of that many contiguous blocks of tokens (`block_ce`,
+    `block_exits`; as ease.exits.block_sums, for intervals that resample the text).
     FLOPs count attention at the mean context of a teacher-forced window, (T + 1) / 2 keys.
     """
     _check_exit_layer(model, exit_layer)
@@ -322,11 +324,16 @@ def real_exit_eval(model: EarlyExitLM, inputs: torch.Tensor, targets: torch.Tens
             log_p = F.log_softmax(out["logits"].reshape(y.numel(), -1).float(), dim=-1)
             ce.append(-log_p.gather(1, y[:, None]).squeeze(1))
             exited.append(out["exits"].reshape(-1))
-        shallow = torch.cat(exited).double().mean().item()
+        ce, exited = torch.cat(ce).cpu(), torch.cat(exited).cpu()
+        shallow = exited.double().mean().item()
         fracs = compute_fracs(shallow, model.cfg, exit_layer, decide=_decides(threshold),
                               context=(inputs.size(-1) + 1) / 2)
-        rows.append({"threshold": float(threshold), "ppl": math.exp(torch.cat(ce).double().mean().item()),
+        rows.append({"threshold": float(threshold), "ppl": math.exp(ce.double().mean().item()),
                      "shallow_frac": shallow, **fracs})
+        if n_blocks is not None:
+            bounds = block_bounds(ce.numel(), n_blocks)
+            rows[-1]["block_ce"] = per_block(ce, bounds)
+            rows[-1]["block_exits"] = [round(v) for v in per_block(exited, bounds)]
     model.train(was_training)
     return rows
 

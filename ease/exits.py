@@ -182,6 +182,19 @@ def oracle_ppl(ce_exit: torch.Tensor, ce_last: torch.Tensor, fractions: Iterable
 
 
 # --- held-out text: totals per contiguous block, for intervals that resample the text ------------
+def block_bounds(n_tokens: int, n_blocks: int) -> list[int]:
+    """Edges of `n_blocks` contiguous blocks of nearly equal size over `n_tokens` tokens (token order)."""
+    if not 1 <= n_blocks <= n_tokens:
+        raise ValueError(f"n_blocks must be within 1..{n_tokens} (the number of tokens), got {n_blocks}")
+    return torch.linspace(0, n_tokens, n_blocks + 1).round().long().tolist()
+
+
+def per_block(values: torch.Tensor, bounds: list[int]) -> list[float]:
+    """The sum of `values` (flat, in token order) over each block between consecutive `bounds`."""
+    cum = torch.cat([torch.zeros(1, dtype=torch.float64), values.double().cumsum(0)])
+    return [(cum[b] - cum[a]).item() for a, b in zip(bounds, bounds[1:])]
+
+
 def block_sums(stats: TokenStats, thresholds: Iterable[float], n_blocks: int) -> dict[str, list]:
     """Sums per contiguous block of tokens (token order kept), from which any block resample's routed
     PPL, Shallow% and oracle PPLs follow exactly: a block's PPL contribution is its CE sum, its weight
@@ -191,27 +204,30 @@ def block_sums(stats: TokenStats, thresholds: Iterable[float], n_blocks: int) ->
     ce_consistency (exit where the exit layer's argmax equals the last layer's), and per threshold of
     `thresholds` (max-prob routing) sweep_exits and sweep_ce: lists [threshold][block].
     """
-    n = len(stats)
-    if not 1 <= n_blocks <= n:
-        raise ValueError(f"n_blocks must be within 1..{n} (the number of tokens), got {n_blocks}")
-    bounds = torch.linspace(0, n, n_blocks + 1).round().long().tolist()
-
-    def per_block(values: torch.Tensor) -> list:
-        cum = torch.cat([torch.zeros(1, dtype=torch.float64), values.double().cumsum(0)])
-        return [(cum[b] - cum[a]).item() for a, b in zip(bounds, bounds[1:])]
-
+    bounds = block_bounds(len(stats), n_blocks)
     ce_exit, ce_last, conf = stats.ce_exit.double(), stats.ce_last.double(), stats.confidence
     sums = {"tokens": [b - a for a, b in zip(bounds, bounds[1:])],
-            "ce_exit": per_block(ce_exit), "ce_last": per_block(ce_last),
-            "ce_label_oracle": per_block(torch.minimum(ce_exit, ce_last)),
-            "consistency_exits": [round(v) for v in per_block(stats.agree)],
-            "ce_consistency": per_block(torch.where(stats.agree, ce_exit, ce_last)),
+            "ce_exit": per_block(ce_exit, bounds), "ce_last": per_block(ce_last, bounds),
+            "ce_label_oracle": per_block(torch.minimum(ce_exit, ce_last), bounds),
+            "consistency_exits": [round(v) for v in per_block(stats.agree, bounds)],
+            "ce_consistency": per_block(torch.where(stats.agree, ce_exit, ce_last), bounds),
             "sweep_exits": [], "sweep_ce": []}
     for t in thresholds:
         exits = conf >= t
-        sums["sweep_exits"].append([round(v) for v in per_block(exits)])
-        sums["sweep_ce"].append(per_block(torch.where(exits, ce_exit, ce_last)))
+        sums["sweep_exits"].append([round(v) for v in per_block(exits, bounds)])
+        sums["sweep_ce"].append(per_block(torch.where(exits, ce_exit, ce_last), bounds))
     return sums
+
+
+def matched_exits(scores: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Which tokens exit when the given fraction of them, those with the highest scores, does (as in
+    `matched_ppl`: stable ranking, so ties keep token order)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"shallow fractions must be within [0, 1], got {fraction}")
+    order = torch.sort(scores.double(), descending=True, stable=True).indices
+    exits = torch.zeros(scores.numel(), dtype=torch.bool)
+    exits[order[: int(round(fraction * scores.numel()))]] = True
+    return exits
 
 
 @torch.no_grad()

@@ -270,11 +270,11 @@ def load_checkpoint(results_dir: str | Path, config: RunConfig) -> tuple[EarlyEx
 def load_trained(results_dir: str | Path, config: RunConfig) -> tuple[EarlyExitLM, CharCorpus]:
     """A finished run's trained model and its corpus, checked to be the text it was trained on.
 
-    The corpus is read again from `config`; if its vocabulary is not the checkpoint's (the data
+    The corpus (with its test text when the config has one) is read again from `config`; if its vocabulary is not the checkpoint's (the data
     changed since the run), character ids would mean other characters, so this is an error.
     """
     model, vocab = load_checkpoint(results_dir, config)
-    corpus = load_corpus(config.corpus, config.train_chars, config.val_chars, config.vocab_from)
+    corpus = load_corpus(config.corpus, config.train_chars, config.val_chars, config.vocab_from, config.test_chars)
     if corpus.vocab != vocab:
         raise ValueError(f"the corpus now gives a different vocabulary than the checkpoint of {config.run_id} "
                          "was trained with: the data changed; rebuild the run")

@@ -1,6 +1,8 @@
 """Real early exit (ease.decode) against the model's own full forward, on tiny random models."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -192,8 +194,13 @@ def test_eval_without_exits_equals_the_simulated_sweep():
     stats = collect_token_stats(model, inputs, targets, EXIT)
     middle = middle_threshold(stats.confidence)
     simulated = sweep(stats, [0.0, middle, 1.5])
-    real = real_exit_eval(model, inputs, targets, [0.0, middle, 1.5], EXIT)
+    real = real_exit_eval(model, inputs, targets, [0.0, middle, 1.5], EXIT, n_blocks=3)
     for sim, rea in zip(simulated, real):
+        # the block sums add up to the row's totals (n tokens in 3 contiguous blocks)
+        n = inputs.numel()
+        assert len(rea["block_ce"]) == len(rea["block_exits"]) == 3
+        assert math.exp(sum(rea["block_ce"]) / n) == pytest.approx(rea["ppl"], rel=1e-12)
+        assert sum(rea["block_exits"]) == round(rea["shallow_frac"] * n)
         assert rea["threshold"] == sim["threshold"]
         # exits are decided at layer 1, which every token reaches: the same tokens exit
         assert rea["shallow_frac"] == sim["shallow_frac"]

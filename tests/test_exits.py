@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from ease.config import FINE_THRESHOLDS
 from ease.data import make_batches
-from ease.exits import TokenStats, block_sums, collect_token_stats, layer_losses, route, summary, sweep
+from ease.exits import (TokenStats, block_bounds, block_sums, collect_token_stats, layer_losses, matched_exits,
+                        matched_ppl, per_block, route, summary, sweep)
 from ease.model import EarlyExitLM, ModelConfig
 
 VOCAB = 11
@@ -292,3 +293,28 @@ def test_layer_losses_are_each_layers_mean_cross_entropy(batches):
     losses = layer_losses(model, *batches, layers=[3, 2])
     assert losses[2] == pytest.approx(ce_exit.double().mean().item(), rel=1e-6)
     assert losses[3] == pytest.approx(ce_last.double().mean().item(), rel=1e-6)
+
+
+def test_matched_exits_are_the_top_scores_and_give_matched_ppl(batches):
+    stats = collect_token_stats(tiny_model(), *batches, exit_layer=1)
+    n = len(stats)
+    for f in (0.0, 0.25, 0.5, 1.0):
+        exits = matched_exits(stats.confidence, f)
+        assert int(exits.sum()) == round(f * n)
+        if 0 < exits.sum() < n:  # every exited token is at least as confident as every deep one
+            assert stats.confidence[exits].min() >= stats.confidence[~exits].max()
+        routed = torch.where(exits, stats.ce_exit, stats.ce_last).double().mean().item()
+        assert math.exp(routed) == pytest.approx(
+            matched_ppl(stats.confidence, stats.ce_exit, stats.ce_last, [f])[0], rel=1e-12)
+    ties = matched_exits(torch.tensor([0.5, 0.9, 0.5, 0.5]), 0.5)  # ties keep token order
+    assert ties.tolist() == [True, True, False, False]
+    with pytest.raises(ValueError, match="within"):
+        matched_exits(stats.confidence, 1.5)
+
+
+def test_per_block_sums_follow_the_bounds():
+    bounds = block_bounds(10, 3)
+    assert bounds[0] == 0 and bounds[-1] == 10 and len(bounds) == 4
+    assert per_block(torch.arange(10.0), bounds) == [float(sum(range(a, b))) for a, b in zip(bounds, bounds[1:])]
+    with pytest.raises(ValueError, match="n_blocks"):
+        block_bounds(3, 4)

@@ -24,7 +24,7 @@ BLOCKS, PER_BLOCK, SEEDS = 50, 40, 5
 FAKE_DATA = {"source": "local", "location": "/designed", "sha256": {"train": "0" * 64, "valid": "1" * 64,
                                                                     "test": "2" * 64}, "fingerprint": "3" * 16}
 BASE = {"lr_schedule": "cosine", "max_epochs": 2, "patience": 2, "select_on": "objective", "test_chars": -1,
-        "train_chars": 1000, "val_chars": 500, "sweep_thresholds": (0.0, 0.5, 0.95, 1.0)}
+        "train_chars": 1000, "val_chars": 500, "sweep_thresholds": (0.0, 0.5, 0.8, 0.95, 1.0)}
 
 
 def grid_file(tmp_path, name: str, seeds: int, base: dict, runs: list) -> str:
@@ -33,15 +33,20 @@ def grid_file(tmp_path, name: str, seeds: int, base: dict, runs: list) -> str:
     return str(path)
 
 
-def designed_record(config: RunConfig, offset: float, seed: int) -> dict:
-    """A run whose last layer's CE per token is 1.6 + offset + noise, layer 1's 0.4 higher; a quarter of
-    tokens above each threshold step exit."""
+def designed_stats(config: RunConfig, offset: float, seed: int) -> TokenStats:
+    """A run's test tokens: the last layer's CE per token is 1.6 + offset + noise, layer 1's 0.4 higher; a
+    quarter of tokens above each threshold step exit."""
     gen = torch.Generator().manual_seed(1000 * seed + 7)
     n = BLOCKS * PER_BLOCK
     text = 0.2 * torch.sin(torch.arange(n) / 300.0)  # text difficulty shared by every run
     ce_last = (1.6 + offset + text + 0.05 * torch.randn(n, generator=gen)).float()
-    stats = TokenStats(torch.rand(n, generator=gen), ce_last + 0.4, ce_last, config.exit_layer, config.n_layers,
-                       torch.rand(n, generator=gen) < 0.6)
+    return TokenStats(torch.rand(n, generator=gen), ce_last + 0.4, ce_last, config.exit_layer, config.n_layers,
+                      torch.rand(n, generator=gen) < 0.6)
+
+
+def designed_record(config: RunConfig, offset: float, seed: int) -> dict:
+    stats = designed_stats(config, offset, seed)
+    n, ce_last = len(stats), stats.ce_last
     test = {"unknown_chars": 3, "tokens": n, "blocks": BLOCKS, "metrics": summary(stats, config.threshold),
             "sweep": sweep(stats, config.sweep_thresholds),
             "oracles": {"label_ppl": math.exp(ce_last.double().mean().item()),
@@ -59,14 +64,46 @@ def designed_record(config: RunConfig, offset: float, seed: int) -> dict:
             "provenance": {"data": FAKE_DATA, "code": {"ease_version": None, "git_commit": None, "git_dirty": None}}}
 
 
-def write_grid(tmp_path, grid: str, offsets: dict) -> None:
+def designed_held_out(config: RunConfig, offset: float, seed: int, rule_gain: float = 0.0,
+                      real_gap: float = 0.0) -> dict:
+    """The `test` part of a designed run's analysis (ease.analysis.held_out_analysis's keys), from the same
+    tokens as its record: the entropy rule's exits lose `rule_gain` less CE than the max-probability rule's,
+    and real exit costs `real_gap` more CE per exited token than simulated exit."""
+    from ease.analysis import BLOCK_SHALLOW, SHALLOW_FRACTIONS, TEST_REAL_EXIT_THRESHOLDS
+    from ease.exits import block_bounds, matched_exits, matched_ppl, per_block
+
+    stats = designed_stats(config, offset, seed)
+    bounds = block_bounds(len(stats), BLOCKS)
+    gain = torch.rand(len(stats), generator=torch.Generator().manual_seed(99))  # entropy ranks by a designed gain
+    ce_exit = {"max_prob": stats.ce_exit, "margin": stats.ce_exit, "cosine": stats.ce_exit,
+               "entropy": stats.ce_exit - rule_gain * gain, "oracle": stats.ce_exit}
+    scores = {"max_prob": stats.confidence, "margin": stats.confidence, "cosine": stats.confidence,
+              "entropy": gain, "oracle": stats.ce_last - stats.ce_exit}
+    out = {"version": 1, "tokens": len(stats), "blocks": BLOCKS, "shallow_fractions": list(SHALLOW_FRACTIONS),
+           "matched": {k: matched_ppl(scores[k], ce_exit[k], stats.ce_last, SHALLOW_FRACTIONS) for k in scores},
+           "matched_blocks": {str(f): {k: per_block(torch.where(matched_exits(scores[k], f), ce_exit[k],
+                                                                  stats.ce_last), bounds) for k in scores}
+                              for f in BLOCK_SHALLOW}, "real_exit": []}
+    for t in TEST_REAL_EXIT_THRESHOLDS:
+        exits = stats.confidence >= t
+        ce = torch.where(exits, stats.ce_exit + real_gap, stats.ce_last)
+        out["real_exit"].append({**sweep(stats, [t])[0], "ppl": math.exp(ce.double().mean().item()),
+                                 "block_ce": per_block(ce, bounds), "block_exits": per_block(exits, bounds)})
+    return out
+
+
+def write_grid(tmp_path, grid: str, offsets: dict, **held) -> None:
+    from ease.analysis import wants_held_out
     from ease.grid import expand_grid, load_grid
 
     for config in expand_grid(load_grid(grid)):
         c = config
         key = f"dense{c.n_layers}" if c.setting == "custom" else f"{c.setting}{c.alpha:g}"
         write_json(record_path(tmp_path, c.run_id), designed_record(c, offsets[key], c.seed))
-        write_json(analysis_path(tmp_path, c.run_id), {"run_id": c.run_id, "analysis_version": 1, "vocab_size": 50})
+        analysis = {"run_id": c.run_id, "analysis_version": 1, "vocab_size": 50}
+        if wants_held_out(c):
+            analysis["test"] = designed_held_out(c, offsets[key], c.seed, **held)
+        write_json(analysis_path(tmp_path, c.run_id), analysis)
 
 
 RUNS = [{"setting": "A", "alpha": [0.3, 0.5, 0.7]}, {"setting": "B", "alpha": 0.7},
@@ -79,10 +116,10 @@ def chapter(tmp_path, monkeypatch):
     """(models, primary comparisons) of a designed converged grid, with the given CE offsets."""
     monkeypatch.setattr("ease.analysis.ANALYSIS_VERSION", 1)
 
-    def build(offsets=OFFSETS):
+    def build(offsets=OFFSETS, **held):
         folder = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
         grid = grid_file(tmp_path, folder.name, SEEDS, BASE, RUNS)
-        write_grid(folder, grid, offsets)
+        write_grid(folder, grid, offsets, **held)
         ms = held_out.models(grid, folder)
         return ms, held_out.primary(ms), folder
     return build
@@ -129,9 +166,53 @@ def test_budget_check_says_converged_or_moved(chapter, tmp_path):
     for name, shift, expected in (("same", 0.0, "converged"), ("shifted", 0.3, "moved")):
         grid = grid_file(tmp_path, name, 2, {**BASE, "max_epochs": 4, "patience": 4}, check_runs)
         write_grid(folder, grid, {k: v + shift for k, v in OFFSETS.items()})
-        check = held_out.check_models(folder, grid)
+        check = held_out.check_models(50, folder, grid)
         rows = held_out.budget_check(ms, check)
         assert held_out.cases(comps, rows)["budget"] == expected
-    assert held_out.check_models(folder, grid_file(tmp_path, "absent", 2, {**BASE, "max_epochs": 9}, check_runs)) \
+    assert held_out.check_models(50, folder, grid_file(tmp_path, "absent", 2, {**BASE, "max_epochs": 9}, check_runs)) \
         is None
     assert held_out.cases(comps, None)["budget"] == "pending"
+
+
+@pytest.mark.parametrize("gain, expected", [(0.0, INCONCLUSIVE), (0.3, REPRODUCED), (-0.3, NOT_REPRODUCED)])
+def test_exit_rules_follow_the_designed_gain(chapter, gain, expected):
+    ms, _, _ = chapter(rule_gain=gain)
+    rows = held_out.exit_rules(ms)
+    assert len(rows) == 4 * 2
+    by = {(key, measure): comp for key, measure, comp in rows}
+    assert held_out.verdict(by[("A0.7", "entropy")]) == expected
+    assert held_out.verdict(by[("A0.7", "margin")]) == INCONCLUSIVE  # the margin is designed as max-prob
+    assert by[("A0.7", "margin")].text.mean == pytest.approx(0.0, abs=1e-12)
+    assert all(c.adjusted_p >= c.text.p for *_, c in rows)  # Holm only ever raises p
+
+
+def test_real_exit_gap_and_equal_compute_read_the_real_rows(chapter):
+    ms, _, _ = chapter(real_gap=0.2)
+    gaps = held_out.real_gaps(ms)
+    assert all(c.text.lo > 0 for *_, c in gaps)  # every exited token costs 0.2 nats more when really skipped
+    simulated = {(k, d, a): c for k, d, a, c in held_out.equal_compute(ms)}
+    real = {(k, d, a): c for k, d, a, c in held_out.equal_compute(ms, real=True)}
+    assert real[("A0.7", 2, "layers")].text.mean > simulated[("A0.7", 2, "layers")].text.mean
+    ms0, _, _ = chapter(real_gap=0.0)  # no gap: the real rows give the sweep's numbers where thresholds meet
+    row = ms0["A0.7"].held_out[0]["real_exit"][2]
+    j = ms0["A0.7"].column(row["threshold"])
+    assert row["ppl"] == pytest.approx(ms0["A0.7"].records[0]["test"]["sweep"][j]["ppl"], rel=1e-9)
+
+
+def test_best_alpha_is_the_lowest_and_compared_with_the_others(chapter):
+    ms, _, _ = chapter({**OFFSETS, "A0.3": -0.2})
+    best, rows = held_out.best_alpha(ms)
+    assert best == "A0.3" and {k for k, _ in rows} == {"A0.5", "A0.7"}
+    assert all(held_out.verdict(c) == REPRODUCED for _, c in rows)
+
+
+@pytest.mark.parametrize("lang", ["en", "ja"])
+def test_every_new_table_and_figure_renders_from_the_designed_grid(chapter, lang):
+    ms, _, _ = chapter(rule_gain=0.3, real_gap=0.1)
+    rules, gaps = held_out.exit_rules(ms), held_out.real_gaps(ms)
+    best, alpha_rows = held_out.best_alpha(ms)
+    assert len(held_out.rules_table(ms, rules, lang).splitlines()) == 2 + len(rules)
+    assert len(held_out.real_exit_table(ms, gaps, lang).splitlines()) == 2 + 4 * len(held_out.REAL_EXIT_SHOWN)
+    assert len(held_out.alpha_table(ms, best, alpha_rows, lang).splitlines()) == 2 + 3
+    assert held_out.rule_counts(rules)["ho_rules_lower"] == "4"  # entropy, every model
+    assert held_out.rules_figure(ms, lang) is not None

@@ -28,8 +28,13 @@ GRID, CHECK_GRID = "converged", "converged-2x"
 OPERATING = 0.95  # the document's operating threshold
 EARLY_EXIT = (("A", 0.3), ("A", 0.5), ("A", 0.7), ("B", 0.7))
 DENSE = (1, 2, 3)
-FAMILY_ALPHA = 0.05  # family-wise error rate of the primary comparisons
+FAMILY_ALPHA = 0.05  # family-wise error rate of the primary comparisons (and of each secondary family)
 REPLICATES = 4000
+# Exit rules: the measures a deployed model can use (the cosine needs the last layer's state), compared at
+# one Shallow% against the document's max-probability rule; the oracle is shown as a bound, not compared.
+USABLE_MEASURES = ("max_prob", "entropy", "margin")
+RULE_SHALLOW = 0.25
+REAL_EXIT_SHOWN = (0.5, 0.8, 0.95)  # thresholds of the real-exit table
 
 
 @dataclass
@@ -39,6 +44,7 @@ class Model:
     key: str  # "A0.7", "dense2"
     records: list[dict]
     vocab_size: int  # from the runs' checkpoint analyses (records do not hold it)
+    held_out: list[dict] | None = None  # per seed, the `test` part of its analysis (early-exit models)
 
     @property
     def dense(self) -> bool:
@@ -64,15 +70,23 @@ class Model:
         return [r["config"]["seed"] for r in self.records]
 
 
-def models(grid: str = GRID, results=None, early_exit=EARLY_EXIT, dense=DENSE) -> dict[str, Model]:
+def models(grid: str = GRID, results=None, early_exit=EARLY_EXIT, dense=DENSE,
+           vocab_size: int | None = None) -> dict[str, Model]:
+    """The grid's models; with `vocab_size` given (a grid without analyses) no analysis is read."""
     records = core.grid_records(grid, results)
-    vocab = {a["vocab_size"] for a in core.grid_analyses(records, results).values()}
+    analyses = core.grid_analyses(records, results) if vocab_size is None else {}
+    vocab = {a["vocab_size"] for a in analyses.values()} or {vocab_size}
     if len(vocab) != 1:
         raise ValueError(f"the runs of grid {grid!r} have vocabularies of different sizes {sorted(vocab)}")
     out = {}
     for setting, alpha in early_exit:
         key = f"{setting}{alpha:g}"
-        out[key] = Model(key, core.select(records, setting=setting, alpha=alpha), *vocab)
+        recs = core.select(records, setting=setting, alpha=alpha)
+        held = [analyses[r["run_id"]]["test"] for r in recs] if analyses else None
+        for r, h in zip(recs, held or []):
+            if h["tokens"] != r["test"]["tokens"] or h["blocks"] != r["test"]["blocks"]:
+                raise ValueError(f"the analysis of {r['run_id']} read other test text than its record")
+        out[key] = Model(key, recs, *vocab, held)
     for depth in dense:
         out[f"dense{depth}"] = Model(f"dense{depth}", core.select(records, setting="custom", n_layers=depth), *vocab)
     return out
@@ -116,9 +130,21 @@ def dense_cost(depth: int, reference: Model, accounting: str) -> float:
     return (depth * macs["block"] + macs["head"]) / macs["full"]
 
 
-def ppl_at_cost(model: Model, cost: float, accounting: str) -> Callable:
-    """The early-exit model's PPL at a given cost, interpolated along its test sweep (NaN out of reach)."""
-    ce, exits = model.sums("sweep_ce"), model.sums("sweep_exits")  # [seeds, thresholds, blocks]
+def real_sums(model: Model) -> tuple[np.ndarray, np.ndarray]:
+    """Real exit's block sums on the test text (CE, exits), each [seeds, thresholds, blocks]."""
+    ce = np.array([[row["block_ce"] for row in h["real_exit"]] for h in model.held_out], float)
+    exits = np.array([[row["block_exits"] for row in h["real_exit"]] for h in model.held_out], float)
+    return ce, exits
+
+
+def real_thresholds(model: Model) -> list[float]:
+    return [row["threshold"] for row in model.held_out[0]["real_exit"]]
+
+
+def ppl_at_cost(model: Model, cost: float, accounting: str, real: bool = False) -> Callable:
+    """The early-exit model's PPL at a given cost, interpolated along its test sweep, or with `real` along its
+    real-exit thresholds (NaN out of reach)."""
+    ce, exits = real_sums(model) if real else (model.sums("sweep_ce"), model.sums("sweep_exits"))
     a, b = cost_line(model, accounting)
 
     def stat(w):
@@ -193,9 +219,10 @@ def primary(ms: dict[str, Model]) -> list[Comparison]:
     return comps
 
 
-def equal_compute(ms: dict[str, Model]) -> list[tuple[str, int, str, Comparison]]:
+def equal_compute(ms: dict[str, Model], real: bool = False) -> list[tuple[str, int, str, Comparison]]:
     """Each early-exit model against each smaller dense model, at that model's cost, in both accountings
-    (descriptive: unadjusted intervals). Rows: (early-exit key, dense depth, accounting, comparison)."""
+    (descriptive: unadjusted intervals), simulated or with `real` exit. Rows: (early-exit key, dense depth,
+    accounting, comparison)."""
     rows = []
     for key in (f"{s}{a:g}" for s, a in EARLY_EXIT):
         m = ms[key]
@@ -203,16 +230,122 @@ def equal_compute(ms: dict[str, Model]) -> list[tuple[str, int, str, Comparison]
             for accounting in ("layers", "flops"):
                 cost = dense_cost(depth, m, accounting)
                 rows.append((key, depth, accounting,
-                             compare("equal", ppl_at_cost(m, cost, accounting), ppl(ms[f"dense{depth}"]),
+                             compare("equal", ppl_at_cost(m, cost, accounting, real), ppl(ms[f"dense{depth}"]),
                                      len(m.records), len(m.tokens), -1)))
     return rows
 
 
+# --- exit rules on test text (the analyses' matched Shallow%) --------------------------------------------
+def rule_ppl(model: Model, measure: str, fraction: float = RULE_SHALLOW) -> Callable:
+    """PPL when the `fraction` of test tokens that `measure` is surest of exits (block sums of the analyses)."""
+    ce = np.array([h["matched_blocks"][str(fraction)][measure] for h in model.held_out], float)
+    return lambda w: block_ppl(ce, model.tokens, w)
+
+
+def exit_rules(ms: dict[str, Model]) -> list[tuple[str, str, Comparison]]:
+    """Each usable measure against the max-probability rule at RULE_SHALLOW, per early-exit model: one family,
+    Holm-adjusted. Rows: (model key, measure, comparison measure − max-prob, claimed negative)."""
+    rows = []
+    for key in (f"{s}{a:g}" for s, a in EARLY_EXIT):
+        m = ms[key]
+        for measure in USABLE_MEASURES[1:]:
+            rows.append((key, measure, compare("rule", rule_ppl(m, measure), rule_ppl(m, "max_prob"),
+                                               len(m.records), len(m.tokens), -1)))
+    for (*_, comp), p in zip(rows, holm([c.text.p for *_, c in rows])):
+        comp.adjusted_p = p
+    return rows
+
+
+def rules_figure(ms: dict[str, Model], lang: str):
+    """Test PPL against Shallow% for every measure and the oracle (mean over seeds), one panel per model."""
+    import matplotlib.pyplot as plt
+
+    words = core.labels(lang)
+    keys = [f"{s}{a:g}" for s, a in EARLY_EXIT]
+    with core.figure_style(lang):
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.6), sharey=True)
+        for ax, key in zip(axes, keys):
+            h = ms[key].held_out
+            x = 100 * np.asarray(h[0]["shallow_fractions"])
+            for i, name in enumerate((*USABLE_MEASURES, "cosine", "oracle")):
+                y = np.mean([a["matched"][name] for a in h], axis=0)
+                style = {"linestyle": ":"} if name in ("cosine", "oracle") else {}
+                ax.plot(x, y, label=words["beyond"]["measure"][name], color=f"C{i}", **style)
+            ax.axvline(100 * RULE_SHALLOW, color="grey", linewidth=0.6)
+            ax.set(title=model_name(key, lang), xlabel=words["held_out"]["shallow_axis"])
+        axes[0].set_ylabel(words["held_out"]["test_ppl"])
+        axes[0].set_ylim(top=1.15 * max(np.mean([a["matched"]["max_prob"] for a in ms[k].held_out], axis=0)[
+            int(np.searchsorted(x, 60))] for k in keys))
+        axes[-1].legend(fontsize=7)
+        fig.tight_layout()
+        return core.finish(fig)
+
+
+def rules_table(ms: dict[str, Model], rows, lang: str) -> str:
+    """Per model: PPL at RULE_SHALLOW of every usable measure and the oracle (a bound), then each measure's
+    difference to the max-probability rule with both intervals and Holm's p."""
+    words = core.labels(lang)
+    h = words["held_out"]["table"]
+    i = ms["A0.7"].held_out[0]["shallow_fractions"].index(RULE_SHALLOW)
+    out = []
+    for key, measure, comp in rows:
+        m = ms[key]
+        out.append({h["model"]: model_name(key, lang), h["measure"]: words["beyond"]["measure"][measure],
+                    h["rule_ppl"]: core.fmt_stat(mean_ci([a["matched"][measure][i] for a in m.held_out]), "ppl"),
+                    h["max_prob_ppl"]: core.fmt_stat(mean_ci([a["matched"]["max_prob"][i] for a in m.held_out]), "ppl"),
+                    h["oracle_ppl"]: core.fmt_stat(mean_ci([a["matched"]["oracle"][i] for a in m.held_out]), "ppl"),
+                    h["text_interval"]: fmt_text(comp), h["seed_interval"]: fmt_seed(comp),
+                    h["holm"]: fmt_p(comp.adjusted_p), h["verdict"]: words["held_out"]["lower"][verdict(comp)]})
+    return core.markdown_table(pd.DataFrame(out))
+
+
+# --- real exit on test text ----------------------------------------------------------------------------
+def real_gaps(ms: dict[str, Model]) -> list[tuple[str, float, Comparison]]:
+    """Real minus simulated test PPL of the same weights at the shown thresholds (descriptive)."""
+    rows = []
+    for key in (f"{s}{a:g}" for s, a in EARLY_EXIT):
+        m = ms[key]
+        ce, _ = real_sums(m)
+        for t in REAL_EXIT_SHOWN:
+            j = real_thresholds(m).index(t)
+            real = (lambda c: lambda w: block_ppl(c, m.tokens, w))(ce[:, j])
+            rows.append((key, t, compare("real", real, ppl(m, t), len(m.records), len(m.tokens), +1)))
+    return rows
+
+
+def real_exit_table(ms: dict[str, Model], rows, lang: str) -> str:
+    h = core.labels(lang)["held_out"]["table"]
+    out = []
+    for key, t, comp in rows:
+        m = ms[key]
+        j = real_thresholds(m).index(t)
+        out.append({h["model"]: model_name(key, lang), "τ": f"{t:g}",
+                    h["shallow_real"]: core.fmt_stat(mean_ci([a["real_exit"][j]["shallow_frac"] for a in m.held_out]),
+                                                     "shallow_frac"),
+                    h["simulated"]: core.fmt_stat(mean_ci(ppl(m, t)(None)), "ppl"),
+                    h["real"]: core.fmt_stat(mean_ci([a["real_exit"][j]["ppl"] for a in m.held_out]), "ppl"),
+                    h["real_minus_sim"]: fmt_text(comp)})
+    return core.markdown_table(pd.DataFrame(out))
+
+
+# --- alpha in the converged regime ---------------------------------------------------------------------
+def best_alpha(ms: dict[str, Model], setting: str = "A") -> tuple[str, list[tuple[str, Comparison]]]:
+    """The α of `setting` with the lowest mean routed test PPL, against every other α (Holm over them)."""
+    keys = [f"{s}{a:g}" for s, a in EARLY_EXIT if s == setting]
+    best = min(keys, key=lambda k: float(np.mean(ppl(ms[k])(None))))
+    b = ms[best]
+    rows = [(k, compare("alpha", ppl(b), ppl(ms[k]), len(b.records), len(b.tokens), -1)) for k in keys if k != best]
+    for (_, comp), p in zip(rows, holm([c.text.p for _, c in rows])):
+        comp.adjusted_p = p
+    return best, rows
+
+
 # --- convergence -------------------------------------------------------------------------------------
-def check_models(results=None, grid: str = CHECK_GRID) -> dict[str, Model] | None:
-    """The 2x-budget check's models (None while its grid has not finished)."""
+def check_models(vocab_size: int, results=None, grid: str = CHECK_GRID) -> dict[str, Model] | None:
+    """The 2x-budget check's models (None while its grid has not finished); its runs have no analyses, so the
+    vocabulary size is the converged grid's (the same text)."""
     try:
-        return models(grid, results, early_exit=(("A", 0.7), ("B", 0.7)), dense=(1, 3))
+        return models(grid, results, early_exit=(("A", 0.7), ("B", 0.7)), dense=(1, 3), vocab_size=vocab_size)
     except LookupError:
         return None
 
@@ -430,7 +563,8 @@ def texts(ms: dict[str, Model], comps: Sequence[Comparison], check: dict | None)
            "ho_tokens": f"{c['max_epochs'] * epoch_tokens / 1e6:.1f}M", "ho_test_tokens": f"{test['tokens']:,}",
            "ho_unknown": str(test["unknown_chars"]), "ho_blocks": str(test["blocks"]),
            "ho_block_tokens": f"{int(a7.tokens.mean()):,}", "ho_replicates": f"{REPLICATES:,}",
-           "ho_alpha": f"{FAMILY_ALPHA:g}", "ho_n_primary": str(len(comps))}
+           "ho_alpha": f"{FAMILY_ALPHA:g}", "ho_n_primary": str(len(comps)),
+           "ho_real_thresholds": ", ".join(f"{t:g}" for t in real_thresholds(a7))}
     return out
 
 
@@ -445,10 +579,43 @@ def cases(comps: Sequence[Comparison], budget: Sequence[dict] | None) -> dict[st
     return {"depth": by_code["dense3_vs_dense1"], "ee": by_code["ee_vs_dense2"], "budget": converged}
 
 
-def equal_counts(rows) -> dict[str, str]:
+def equal_counts(rows, prefix: str = "ho_eq") -> dict[str, str]:
     """How the descriptive equal-compute comparisons fall: early exit lower (interval below 0), dense lower
     (above 0), not told apart, and out of reach (the early-exit model cannot spend that little)."""
     reach = [c for *_, c in rows if c.reachable]
-    return {"ho_eq_total": str(len(rows)), "ho_eq_unreachable": str(len(rows) - len(reach)),
-            "ho_eq_ee": str(sum(c.text.hi < 0 for c in reach)), "ho_eq_dense": str(sum(c.text.lo > 0 for c in reach)),
-            "ho_eq_tied": str(sum(c.text.lo <= 0 <= c.text.hi for c in reach))}
+    return {f"{prefix}_total": str(len(rows)), f"{prefix}_unreachable": str(len(rows) - len(reach)),
+            f"{prefix}_ee": str(sum(c.text.hi < 0 for c in reach)),
+            f"{prefix}_dense": str(sum(c.text.lo > 0 for c in reach)),
+            f"{prefix}_tied": str(sum(c.text.lo <= 0 <= c.text.hi for c in reach))}
+
+
+def rule_counts(rows) -> dict[str, str]:
+    """How the exit-rule family falls after Holm: lower than max-prob, higher, not told apart."""
+    verdicts = [verdict(c) for *_, c in rows]
+    return {"ho_rules_total": str(len(rows)), "ho_rule_shallow": f"{100 * RULE_SHALLOW:g}%",
+            "ho_rules_lower": str(verdicts.count(REPRODUCED)), "ho_rules_higher": str(verdicts.count(NOT_REPRODUCED)),
+            "ho_rules_tied": str(verdicts.count(INCONCLUSIVE))}
+
+
+def alpha_case(rows) -> str:
+    """"lowest" when the best α is lower than every other after Holm, else "tied"."""
+    return "lowest" if all(verdict(c) == REPRODUCED for _, c in rows) else "tied"
+
+
+def alpha_table(ms: dict[str, Model], best: str, rows, lang: str) -> str:
+    """Setting A at each α: routed, layer-1 and last-layer test PPL, Shallow, and the best α's difference to it."""
+    words = core.labels(lang)
+    h = words["held_out"]["table"]
+    by = dict(rows)
+    out = []
+    for key in (f"{s}{a:g}" for s, a in EARLY_EXIT if s == best[0]):
+        m, comp = ms[key], by.get(key)
+        out.append({"α": f"{m.records[0]['config']['alpha']:g}",
+                    h["ppl_routed"]: core.fmt_stat(mean_ci(ppl(m)(None)), "ppl"),
+                    h["ppl_exit"]: core.fmt_stat(mean_ci(block_ppl(m.sums("ce_exit"), m.tokens)), "ppl"),
+                    h["ppl_last"]: core.fmt_stat(mean_ci(ppl(m, None)(None)), "ppl"),
+                    h["shallow"]: core.fmt_stat(mean_ci(shallow(m)(None)), "shallow_frac"),
+                    h["best_minus"]: "—" if comp is None else fmt_text(comp),
+                    h["holm"]: "—" if comp is None else fmt_p(comp.adjusted_p),
+                    h["verdict"]: "—" if comp is None else words["held_out"]["lower"][verdict(comp)]})
+    return core.markdown_table(pd.DataFrame(out))

@@ -338,6 +338,97 @@ def real_exit_eval(model: EarlyExitLM, inputs: torch.Tensor, targets: torch.Tens
     return rows
 
 
+# ----------------------------------------------------------------------------- several exits
+
+@torch.inference_mode()
+def multi_exit_forward(model: EarlyExitLM, idx: torch.Tensor, exits: Iterable[int], thresholds) -> dict[str, torch.Tensor]:
+    """Teacher-forced real early exit with several exits over whole sequences idx [B, T].
+
+    A token leaves at the first exit (in `exits`, below the last layer) whose max softmax probability
+    reaches that exit's threshold (`thresholds`: one number for every exit, or one per exit; above 1 or
+    None: that exit never fires). From then on its state is propagated: every deeper layer keeps it as it
+    was, and later tokens attend to keys and values computed from it (as `real_exit_forward` does for one
+    exit). The deeper blocks still run over the whole sequence while any token is active, so this
+    function measures what really exiting does to the predictions, not its speed; once every token
+    has left, no deeper block runs.
+
+    Returns {"logits": [B, T, V] each token's prediction, "exits": [B, T] bool (left at an exit),
+    "layers": [B, T] the layer each prediction came from}.
+    """
+    from ease.exits import check_exits, exit_thresholds
+
+    L = model.cfg.n_layers
+    exits = check_exits(exits, L)
+    thresholds = exit_thresholds(thresholds, len(exits))
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.numel() == 0 or idx.dtype != torch.long:
+        raise ValueError(f"idx must be a non-empty LongTensor [batch, seq_len], got "
+                         f"{getattr(idx, 'dtype', type(idx).__name__)} of shape {tuple(getattr(idx, 'shape', ()))}")
+    B, T = idx.shape
+    dev = model.head.weight.device
+    idx = idx.to(dev)
+    cos, sin = model.rope_cos[:T], model.rope_sin[:T]
+    h = model.embed(idx)
+    left = torch.zeros(B, T, dtype=torch.bool, device=dev)
+    layers = torch.full((B, T), L, dtype=torch.long, device=dev)
+    logits = None
+    for layer, block in enumerate(model.blocks, start=1):
+        if bool(left.all()):
+            break  # every token has left: no deeper block runs
+        h = torch.where(left[..., None], h, block(h, cos, sin))
+        if layer in exits:
+            out = model.head(model.final_norm(h))
+            threshold = thresholds[exits.index(layer)]
+            leave = ~left & (F.log_softmax(out.float(), dim=-1).amax(dim=-1).exp() >= threshold)
+            logits = out if logits is None else torch.where(leave[..., None], out, logits)
+            layers = torch.where(leave, layer, layers)
+            left = left | leave
+    if not bool(left.all()):
+        logits = torch.where(left[..., None], logits, model.head(model.final_norm(h)))
+    return {"logits": logits, "exits": left, "layers": layers}
+
+
+def multi_exit_macs(cfg: ModelConfig, exits: Iterable[int]) -> dict[int, float]:
+    """Multiply-adds of a token by the layer it leaves at (`token_macs`' counting, with several exits): leaving
+    at exit e_k costs e_k blocks, the head at each exit up to e_k (it decides at each), and the keys and values
+    of each skipped layer; a token that reaches the last layer pays every block and the head at every exit and
+    at the last layer. Keys of the dict: the exits and n_layers; "full" is plain full-depth inference."""
+    from ease.exits import check_exits
+
+    L, d = cfg.n_layers, cfg.dim
+    exits = check_exits(exits, L)
+    m = token_macs(cfg, exits[0])
+    out = {e: e * m["block"] + (k + 1) * m["head"] + (L - e) * m["kv"] for k, e in enumerate(exits)}
+    out[L] = L * m["block"] + (len(exits) + 1) * m["head"]
+    out["full"] = m["full"]
+    return out
+
+
+def multi_exit_eval(model: EarlyExitLM, inputs: torch.Tensor, targets: torch.Tensor, exits: Iterable[int],
+                    thresholds) -> dict:
+    """Real early exit with several exits over batches [n_batches, B, T]: PPL, the share of tokens answered
+    at each exit and at the last layer, and Compute % by layer count and by multiply-adds (`multi_exit_macs`)."""
+    from ease.exits import check_exits
+
+    exits = check_exits(exits, model.cfg.n_layers)
+    was_training = model.training
+    model.eval()
+    ce, where = [], []
+    for x, y in zip(inputs, targets):
+        out = multi_exit_forward(model, x, exits, thresholds)
+        y = y.reshape(-1).to(out["logits"].device)
+        log_p = F.log_softmax(out["logits"].reshape(y.numel(), -1).float(), dim=-1)
+        ce.append(-log_p.gather(1, y[:, None]).squeeze(1))
+        where.append(out["layers"].reshape(-1))
+    model.train(was_training)
+    where = torch.cat(where)
+    L = model.cfg.n_layers
+    shares = {layer: (where == layer).double().mean().item() for layer in (*exits, L)}
+    macs = multi_exit_macs(model.cfg, exits)
+    return {"ppl": math.exp(torch.cat(ce).double().mean().item()), "shares": shares,
+            "compute_frac": sum(share * layer / L for layer, share in shares.items()),
+            "flop_compute_frac": sum(share * macs[layer] for layer, share in shares.items()) / macs["full"]}
+
+
 # ----------------------------------------------------------------------------- decoding
 
 @dataclass

@@ -244,3 +244,75 @@ def layer_losses(model, inputs: torch.Tensor, targets: torch.Tensor, layers: Ite
             totals[layer] += F.cross_entropy(logits.reshape(y.numel(), -1).float(), y, reduction="sum").double().cpu()
     model.train(was_training)
     return {layer: (total / targets.numel()).item() for layer, total in totals.items()}
+
+
+# --- several exits: a token leaves at the first exit whose confidence passes that exit's threshold ----
+def check_exits(exits: Iterable[int], n_layers: int) -> tuple[int, ...]:
+    """Exit layers as a strictly increasing tuple within 1..n_layers-1 (the last layer is always the answer)."""
+    exits = tuple(exits)
+    if not exits or any(isinstance(e, bool) or not isinstance(e, int) for e in exits) \
+            or list(exits) != sorted(set(exits)) or exits[0] < 1 or exits[-1] >= n_layers:
+        raise ValueError(f"exits must be increasing whole layers within 1..{n_layers - 1}, got {exits}")
+    return exits
+
+
+def exit_thresholds(thresholds, n_exits: int) -> list[float]:
+    """One threshold per exit: a number is used at every exit; above 1 (or None) means that exit never fires."""
+    if thresholds is None or isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool):
+        thresholds = [thresholds] * n_exits
+    thresholds = [math.inf if t is None else t for t in thresholds]
+    if len(thresholds) != n_exits or any(isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0
+                                         or math.isnan(t) for t in thresholds):
+        raise ValueError(f"thresholds must be one number >= 0 or one per exit ({n_exits}), got {thresholds}")
+    return [float(t) for t in thresholds]
+
+
+@dataclass
+class MultiExitStats:
+    """Per-token quantities of one pass with several exits (each exit reads the full forward's states)."""
+
+    exits: tuple[int, ...]
+    n_layers: int
+    confidence: torch.Tensor  # [n_exits, N] max softmax probability at each exit
+    ce: torch.Tensor  # [n_exits + 1, N] cross-entropy at each exit, then at the last layer
+
+    def __len__(self) -> int:
+        return self.ce.size(1)
+
+
+@torch.no_grad()
+def collect_multi_exit_stats(model, inputs: torch.Tensor, targets: torch.Tensor, exits: Iterable[int],
+                             device: str | torch.device = "cpu") -> MultiExitStats:
+    """One pass over batches [n_batches, B, T]: every exit's confidence and every exit's and the last layer's CE."""
+    n_layers = model.cfg.n_layers
+    exits = check_exits(exits, n_layers)
+    was_training = model.training
+    model.eval()
+    conf, ce = [], []
+    for x, y in zip(inputs, targets):
+        y = y.reshape(-1).to(device)
+        logits = model(x.to(device), layers=(*exits, n_layers))
+        log_p = {k: F.log_softmax(v.reshape(y.numel(), -1).float(), dim=-1) for k, v in logits.items()}
+        conf.append(torch.stack([log_p[e].max(dim=-1).values.exp() for e in exits]))
+        ce.append(torch.stack([-log_p[k].gather(1, y[:, None]).squeeze(1) for k in (*exits, n_layers)]))
+    model.train(was_training)
+    return MultiExitStats(exits, n_layers, torch.cat(conf, dim=1).cpu(), torch.cat(ce, dim=1).cpu())
+
+
+def first_exit(confidence: torch.Tensor, thresholds: list[float]) -> torch.Tensor:
+    """Per token, the index of the first exit whose confidence reaches its threshold (n_exits: none does)."""
+    passes = confidence >= torch.tensor(thresholds, dtype=confidence.dtype)[:, None]  # [n_exits, N]
+    none = torch.ones(1, passes.size(1), dtype=torch.bool)
+    return torch.cat([passes, none]).int().argmax(dim=0)  # argmax finds the first True
+
+
+def route_multi(stats: MultiExitStats, thresholds) -> dict:
+    """Routed PPL, the share of tokens leaving at each exit (and at the last layer), and Compute % by layer
+    count (a token leaving at layer e costs e / n_layers of the network)."""
+    thresholds = exit_thresholds(thresholds, len(stats.exits))
+    where = first_exit(stats.confidence, thresholds)
+    ce = stats.ce.gather(0, where[None].long()).squeeze(0)
+    layers = (*stats.exits, stats.n_layers)
+    shares = {layer: (where == i).double().mean().item() for i, layer in enumerate(layers)}
+    return {"thresholds": thresholds, "ppl": _ppl(ce), "shares": shares,
+            "compute_frac": sum(share * layer / stats.n_layers for layer, share in shares.items())}

@@ -72,3 +72,19 @@ def weighted_loss(logits: Mapping[int, torch.Tensor], targets: torch.Tensor,
         ce = F.cross_entropy(out.reshape(-1, out.size(-1)), flat_targets)
         total = weights[layer] * ce if total is None else total + weights[layer] * ce
     return total
+
+
+def layerskip_weights(n_layers: int, exits, e_scale: float = 1.0) -> dict[int, float]:
+    """Early-exit loss weights rising with depth, as LayerSkip's scale (Elhoushi et al., 2024), without its
+    curriculum: an exit at layer l (1-indexed) gets e_scale · (l - 1) · l / 2, the last layer n_layers - 1, and
+    the weights are normalised to sum to 1. (The first layer's exit therefore gets no loss: LayerSkip's rule.)"""
+    if isinstance(e_scale, bool) or not isinstance(e_scale, (int, float)) or not math.isfinite(e_scale) or e_scale < 0:
+        raise ValueError(f"e_scale must be a finite number >= 0, got {e_scale!r}")
+    if n_layers < 2:
+        raise ValueError(f"an early-exit model needs at least 2 layers, got {n_layers}")
+    raw = {int(layer): e_scale * (layer - 1) * layer / 2 for layer in exits}
+    if any(not 1 <= layer < n_layers for layer in raw):
+        raise ValueError(f"exits must lie within 1..{n_layers - 1}, got {sorted(raw)}")
+    raw[n_layers] = float(n_layers - 1)
+    total = sum(raw.values())
+    return validate_weights({layer: w / total for layer, w in raw.items()}, n_layers)

@@ -28,7 +28,8 @@ CALIBRATION_RISKS = ("inconsistency", "ppl_increase")  # see ease.calibrate
 # differ from these defaults, so every record made before they existed keeps its id.
 LATER_FIELDS = {"lr_schedule": "constant", "sweep_weights": "best", "compile": False, "test_chars": 0,
                 "select_on": "deep", "calibrate": False, "calibration_risk": "inconsistency",
-                "calibration_epsilon": 0.05, "calibration_delta": 0.1, "calibration_chars": 200_000}
+                "calibration_epsilon": 0.05, "calibration_delta": 0.1, "calibration_chars": 200_000,
+                "layer_dropout": 0.0, "distill": 0.0, "exit_warmup": 0, "train_propagation": False}
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,17 @@ class RunConfig:
     # Repeatable with one thread (what ease.run and the pipeline give a run); with more, compiled kernels
     # may add up gradients in a varying order.
     compile: bool = False
+    # training recipes for early exit (each off by default; see ease.train.recipe_loss and EarlyExitLM.hidden_states):
+    # layer_dropout: LayerSkip's layer dropout, block l (0-indexed) of a training sequence skipped with probability
+    # layer_dropout · (2^(l / (n_layers - 1)) - 1), from 0 at the first block to layer_dropout at the last;
+    # distill: weight of the self-distillation loss KL(last layer || layer) of every other layer with a loss weight
+    # (the last layer's distribution is the teacher, without gradient); exit_warmup: epochs over which the loss
+    # weights of the layers below the last rise linearly from 0 (EE-LLM's warm-up); train_propagation: train with
+    # the state propagation of real exit (tokens at least `threshold` sure at exit_layer keep that state deeper)
+    layer_dropout: float = 0.0
+    distill: float = 0.0
+    exit_warmup: int = 0
+    train_propagation: bool = False
     # early exit
     exit_layer: int = 1
     threshold: float = 0.95  # the operating threshold (with `calibrate`: the one per-epoch numbers use)
@@ -92,7 +104,8 @@ class RunConfig:
             raise ValueError(f"RunConfig: {msg}")
 
         for name in ("seed", "n_layers", "dim", "n_heads", "train_chars", "val_chars", "seq_len",
-                     "batch_size", "max_epochs", "patience", "exit_layer", "test_chars", "calibration_chars"):
+                     "batch_size", "max_epochs", "patience", "exit_layer", "test_chars", "calibration_chars",
+                     "exit_warmup"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 fail(f"{name} must be an integer, got {value!r}")
@@ -112,6 +125,18 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                 fail(f"{name} must be a number between 0 and 1 (exclusive), got {value!r}")
+        if isinstance(self.layer_dropout, bool) or not isinstance(self.layer_dropout, (int, float)) \
+                or not 0 <= self.layer_dropout < 1:
+            fail(f"layer_dropout must be a probability in [0, 1), got {self.layer_dropout!r}")
+        if isinstance(self.distill, bool) or not isinstance(self.distill, (int, float)) \
+                or not math.isfinite(self.distill) or self.distill < 0:
+            fail(f"distill must be a finite number >= 0, got {self.distill!r}")
+        if self.exit_warmup < 0:
+            fail(f"exit_warmup must be a number of epochs >= 0, got {self.exit_warmup}")
+        if not isinstance(self.train_propagation, bool):
+            fail(f"train_propagation must be true or false, got {self.train_propagation!r}")
+        if self.train_propagation and self.exit_layer >= self.n_layers:
+            fail("train_propagation needs an exit layer below the last layer (exit_layer < n_layers)")
         if self.calibration_chars < 1:
             fail(f"calibration_chars must be at least 1, got {self.calibration_chars}")
         if self.calibrate and self.exit_layer >= self.n_layers:
@@ -148,7 +173,8 @@ class RunConfig:
             _check_threshold(t, "sweep_thresholds entry")
         object.__setattr__(self, "sweep_thresholds", tuple(sorted({float(t) for t in sweep})))
         # ints and floats of equal value must hash to the same run_id (threshold=1 is threshold=1.0)
-        for name in ("threshold", "lr", "grad_clip", "calibration_epsilon", "calibration_delta"):
+        for name in ("threshold", "lr", "grad_clip", "calibration_epsilon", "calibration_delta", "layer_dropout",
+                     "distill"):
             object.__setattr__(self, name, float(getattr(self, name)))
 
         if self.setting == "custom":

@@ -88,3 +88,26 @@ def layerskip_weights(n_layers: int, exits, e_scale: float = 1.0) -> dict[int, f
     raw[n_layers] = float(n_layers - 1)
     total = sum(raw.values())
     return validate_weights({layer: w / total for layer, w in raw.items()}, n_layers)
+
+
+def recipe_loss(logits: Mapping[int, torch.Tensor], targets: torch.Tensor, weights: Mapping[int, float],
+                ramp: torch.Tensor, distill: float = 0.0) -> torch.Tensor:
+    """`weighted_loss` with the training recipes of ease.config: the weights of the layers below the last are
+    multiplied by `ramp` (a 0-d tensor from 0 to 1: exit-weight warm-up), and `distill` · KL(last ‖ layer)
+    is added for each of those layers, the last layer's distribution taken as a fixed teacher."""
+    flat_targets = targets.reshape(-1)
+    last = max(logits)
+    teacher = None
+    total = None
+    for layer in trained_layers(weights):
+        out = logits[layer].reshape(-1, logits[layer].size(-1))
+        term = weights[layer] * F.cross_entropy(out, flat_targets)
+        if layer != last:
+            if distill:
+                if teacher is None:
+                    teacher = F.log_softmax(logits[last].reshape(out.shape).detach().float(), dim=-1)
+                kl = F.kl_div(F.log_softmax(out.float(), dim=-1), teacher, log_target=True, reduction="batchmean")
+                term = term + distill * kl
+            term = ramp * term
+        total = term if total is None else total + term
+    return total

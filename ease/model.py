@@ -116,16 +116,24 @@ class EarlyExitLM(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
         nn.init.normal_(self.embed.weight, std=0.02)
 
-    def forward(self, idx: torch.Tensor, layers: Iterable[int] | None = None) -> dict[int, torch.Tensor]:
+    def forward(self, idx: torch.Tensor, layers: Iterable[int] | None = None, **recipe) -> dict[int, torch.Tensor]:
         """Logits {layer: [B, T, vocab]} for the requested layers (1-indexed; default: the last).
 
         Blocks above the highest requested layer are not run, and the head is applied only to the
-        requested layers, so a layer nobody asks for costs no head matmul.
+        requested layers, so a layer nobody asks for costs no head matmul. `recipe`: see `hidden_states`.
         """
-        return {layer: self.head(h) for layer, h in self.hidden_states(idx, layers).items()}
+        return {layer: self.head(h) for layer, h in self.hidden_states(idx, layers, **recipe).items()}
 
-    def hidden_states(self, idx: torch.Tensor, layers: Iterable[int] | None = None) -> dict[int, torch.Tensor]:
-        """What the head reads at each requested layer: {layer: [B, T, dim]} (see `forward`)."""
+    def hidden_states(self, idx: torch.Tensor, layers: Iterable[int] | None = None, skip: torch.Tensor | None = None,
+                      propagate: tuple[int, float] | None = None) -> dict[int, torch.Tensor]:
+        """What the head reads at each requested layer: {layer: [B, T, dim]} (see `forward`).
+
+        Training recipes (ease.train; both leave the default path untouched):
+        - skip [B, n_layers] bool: layer dropout; a skipped block passes its row's input through.
+        - propagate (exit_layer, threshold): state propagation as real early exit does it; tokens whose
+          max softmax probability at exit_layer is >= threshold keep that layer's state in every deeper
+          layer (the decision carries no gradient; later tokens still attend to them).
+        """
         wanted = sorted(set(layers)) if layers is not None else [self.cfg.n_layers]
         if not wanted or wanted[0] < 1 or wanted[-1] > self.cfg.n_layers:
             raise ValueError(f"layers must be within 1..{self.cfg.n_layers}, got {wanted}")
@@ -135,8 +143,16 @@ class EarlyExitLM(nn.Module):
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         h = self.embed(idx)
         states = {}
+        keep = None  # [B, T, 1]: tokens that have exited (propagate)
         for layer, block in enumerate(self.blocks[:wanted[-1]], start=1):
-            h = block(h, cos, sin)
+            new = block(h, cos, sin)
+            if skip is not None:
+                new = torch.where(skip[:, layer - 1, None, None], h, new)
+            h = new if keep is None else torch.where(keep, h, new)
+            if propagate is not None and layer == propagate[0]:
+                with torch.no_grad():
+                    confidence = F.softmax(self.head(self.final_norm(h)).float(), dim=-1).amax(dim=-1)
+                keep = (confidence >= propagate[1])[..., None]
             if layer in wanted:
                 states[layer] = self.final_norm(h)
         return states

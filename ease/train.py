@@ -17,7 +17,7 @@ from ease.config import RunConfig
 from ease.calibrate import block_risks, learn_then_test
 from ease.data import CharCorpus, calibration_text, encode_held_out, load_corpus, make_batches, sha256_text
 from ease.exits import TokenStats, block_sums, collect_token_stats, layer_losses, summary, sweep
-from ease.losses import trained_layers, weighted_loss
+from ease.losses import recipe_loss, trained_layers, weighted_loss
 from ease.model import EarlyExitLM, ModelConfig
 from ease.records import SCHEMA_VERSION, check_record, code_provenance
 from ease.results import atomic_write, checkpoint_path, find_record, record_path, write_json
@@ -74,8 +74,19 @@ def train_model(config: RunConfig, corpus: CharCorpus, device: str = "cpu", prog
     train_x, train_y = train_x.to(dev), train_y.to(dev)
     layers = trained_layers(config.weights)
 
-    def training_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return weighted_loss(model(x, layers=layers), y, config.weights)
+    recipes = config.layer_dropout or config.distill or config.exit_warmup or config.train_propagation
+
+    def training_loss(x: torch.Tensor, y: torch.Tensor, skip=None, ramp=None) -> torch.Tensor:
+        if not recipes:  # the document's loss: nothing else in the step
+            return weighted_loss(model(x, layers=layers), y, config.weights)
+        propagate = (config.exit_layer, config.threshold) if config.train_propagation else None
+        return recipe_loss(model(x, layers=layers, skip=skip, propagate=propagate), y, config.weights, ramp,
+                           config.distill)
+
+    # layer dropout: block l's skip probability rises from 0 (first block) to layer_dropout (last), as LayerSkip's
+    drop_rates = torch.tensor([config.layer_dropout * (2 ** (l / max(1, config.n_layers - 1)) - 1)
+                               for l in range(config.n_layers)])
+    steps_per_epoch, step = len(train_x), 0
 
     if config.compile:  # compiled on the first step, inside the timed loop: its cost is counted in train_s
         training_loss = compiled(training_loss)
@@ -89,7 +100,15 @@ def train_model(config: RunConfig, corpus: CharCorpus, device: str = "cpu", prog
         # batches in order, as the original code; `shuffle` permutes them each epoch instead
         order = torch.randperm(len(train_x), generator=generator) if config.shuffle else torch.arange(len(train_x))
         for i in order.tolist():
-            loss = training_loss(train_x[i], train_y[i])
+            if recipes:
+                skip = (torch.rand(config.batch_size, config.n_layers, generator=generator) < drop_rates).to(dev) \
+                    if config.layer_dropout else None
+                ramp = torch.tensor(min(1.0, step / (config.exit_warmup * steps_per_epoch))
+                                    if config.exit_warmup else 1.0, device=dev)
+                loss = training_loss(train_x[i], train_y[i], skip, ramp)
+            else:
+                loss = training_loss(train_x[i], train_y[i])
+            step += 1
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip, foreach=True)

@@ -73,6 +73,13 @@ patience = None
 select_on = None  # what picks the kept epoch: "deep" (last layer's PPL) or "objective" (the run's own loss)
 lr_schedule = None  # "constant" or "cosine" (decay to 0 over max_epochs)
 compile = None  # True: torch.compile the training step (faster; numbers differ from eager at float tolerance)
+# training recipes for early exit (off by default): layer_dropout (LayerSkip's, the rate at the last block),
+# distill (weight of KL(last layer || exit)), exit_warmup (epochs over which exit losses rise from 0),
+# train_propagation (True: train with real exit's state propagation at `threshold`)
+layer_dropout = None
+distill = None
+exit_warmup = None
+train_propagation = None
 # early exit: exit at `exit_layer` when its max softmax probability >= threshold
 exit_layer = None
 threshold = None

@@ -299,7 +299,7 @@ FIELD_CHANGES = {
     "patience": 2, "exit_layer": 2, "threshold": 0.9, "sweep_thresholds": (0.5, 0.9),
     "lr_schedule": "cosine", "sweep_weights": "last", "compile": True, "test_chars": 1000, "select_on": "objective",
     "calibrate": True, "calibration_risk": "ppl_increase", "calibration_epsilon": 0.1, "calibration_delta": 0.2,
-    "calibration_chars": 1000,
+    "calibration_chars": 1000, "layer_dropout": 0.2, "distill": 0.5, "exit_warmup": 3, "train_propagation": True,
 }
 
 

@@ -594,3 +594,14 @@ def test_nothing_certified_means_never_exit(tiny, tmp_path):
     record = ease.run(cfg, tmp_path, progress=False)
     assert record["calibration"]["n_blocks"] == 1 and record["calibration"]["threshold"] is None
     assert record["metrics"]["shallow_frac"] == 0.0 and ease.calibrate.operating_threshold(record) is None
+
+
+@pytest.mark.parametrize("recipe", [{"layer_dropout": 0.5}, {"distill": 1.0}, {"exit_warmup": 1},
+                                    {"train_propagation": True, "threshold": 0.3}])
+def test_each_training_recipe_trains_repeatably_and_changes_the_run(tiny, runs, recipe, tmp_path):
+    config = tiny.replace(**recipe)
+    first = ease.run(config, tmp_path / "a", progress=False)
+    again = ease.run(config, tmp_path / "b", progress=False)
+    assert first["metrics"] == again["metrics"]  # seeded: the same layers dropped, the same numbers
+    assert first["metrics"]["ppl"] != runs[1][0]["metrics"]["ppl"]  # the recipe changed training
+    assert all(math.isfinite(v) for v in first["metrics"].values() if isinstance(v, float))

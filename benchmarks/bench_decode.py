@@ -14,7 +14,15 @@ Columns: shallow% (generated tokens that exited), layer Compute% (as ease.exits.
 Compute% (ease.decode.flop_compute_frac, attention at the mean decoding context included),
 tokens/s, measured speedup over full depth, theoretical speedup 1/Compute% and their ratio.
 
-    python benchmarks/bench_decode.py [--device cpu|cuda|auto] [--threads 1] [--json OUT]
+With --drafts K..., lossless self-speculative decoding (ease.decode.speculative_generate) joins the same
+round-robin at each draft length K: the exit layer drafts K tokens, the deeper layers check them in one
+pass. Its output is checked to be the full model's greedy output token for token (the benchmark stops
+if not); its table gives the acceptance rate, tokens per verification pass and the measured speedup
+over full-depth decoding (there is no Compute% to compare with: every kept token went through every layer).
+--models takes, besides the two above, the document's other cells (A at alpha 0.3 and 0.5, B at 0.7), to
+see acceptance against alpha and setting.
+
+    python benchmarks/bench_decode.py [--device cpu|cuda|auto] [--threads 1] [--drafts 1 2 4 8] [--json OUT]
 """
 from __future__ import annotations
 
@@ -28,7 +36,7 @@ import torch
 
 from ease import RunConfig, run
 from ease.config import DOC_THRESHOLDS
-from ease.decode import compute_fracs, generate
+from ease.decode import compute_fracs, generate, speculative_generate
 from ease.exits import layer_compute_frac
 from ease.results import bench_dir, checkpoint_path, write_json
 from ease.train import load_trained, pick_device
@@ -41,7 +49,12 @@ MODELS = {
     # Pre-norm: with post-norm blocks (the default) this depth did not learn its deep layers in two epochs.
     "large": RunConfig(setting="custom", alpha=None, weights={1: 0.5, 12: 0.5}, n_layers=12, dim=256,
                        n_heads=8, norm="pre", max_epochs=2, patience=1),
+    # the document's other cells, for acceptance against alpha and setting (--models)
+    "A0.3": RunConfig(setting="A", alpha=0.3, seed=0),
+    "A0.5": RunConfig(setting="A", alpha=0.5, seed=0),
+    "B0.7": RunConfig(setting="B", alpha=0.7, seed=0),
 }
+DEFAULT_MODELS = ("default", "large")
 TARGET_COMPUTE = (0.3, 0.5, 0.7)  # besides the document's thresholds, ones calibrated to these Compute%
 MIN_RUN_S = 0.25  # a timed run repeats `generate` until it lasts about this long (short calls are noisy)
 
@@ -80,30 +93,36 @@ def bench_model(name, args, device) -> list[dict]:
     model, corpus = load_trained(results_dir, config)
     model = model.to(device)
     e, L = config.exit_layer, config.n_layers
-    rows = []
+    rows, spec_rows = [], []
     for batch in args.batches:
         # prompts: windows of the validation text, 997 characters apart, one per row
         prompts = [corpus.val_ids[s:s + args.prompt_len].tolist() for s in range(0, batch * 997, 997)]
         calibrated = {calibrate(model, config, prompts, args.new_tokens, c) for c in TARGET_COMPUTE}
         thresholds = [None, *sorted({*DOC_THRESHOLDS, *calibrated})]
 
-        def decode(t):
-            return generate(model, prompts, args.new_tokens, threshold=t, exit_layer=e)
-
+        # every variant timed in one round-robin: early exit at each threshold, speculative at each draft length
+        variants = {t: (lambda t=t: generate(model, prompts, args.new_tokens, threshold=t, exit_layer=e))
+                    for t in thresholds}
+        for k in args.drafts:
+            variants[("draft", k)] = lambda k=k: speculative_generate(model, prompts, args.new_tokens, draft=k,
+                                                                      exit_layer=e)
         sync(device)
         start = time.perf_counter()
-        gens = {t: decode(t) for t in thresholds}  # warm-up, not timed
+        gens = {key: decode() for key, decode in variants.items()}  # warm-up, not timed
         sync(device)
-        calls = max(1, math.ceil(MIN_RUN_S * len(thresholds) / (time.perf_counter() - start)))
-        times = {t: [] for t in thresholds}
+        for k in args.drafts:  # lossless: the full model's greedy tokens, or the benchmark is wrong
+            if not torch.equal(gens[("draft", k)].tokens, gens[None].tokens):
+                raise SystemExit(f"{name}, batch {batch}: speculative decoding with draft {k} changed the output")
+        calls = max(1, math.ceil(MIN_RUN_S * len(variants) / (time.perf_counter() - start)))
+        times = {key: [] for key in variants}
         for _ in range(args.repeats):
-            for t in thresholds:  # round-robin: drifts in machine load hit every threshold alike
+            for key, decode in variants.items():  # round-robin: drifts in machine load hit every variant alike
                 sync(device)
                 start = time.perf_counter()
                 for _ in range(calls):
-                    decode(t)
+                    decode()
                 sync(device)
-                times[t].append((time.perf_counter() - start) / calls)
+                times[key].append((time.perf_counter() - start) / calls)
         full_tps = batch * args.new_tokens / statistics.median(times[None])
         context = args.prompt_len + (args.new_tokens - 1) / 2  # mean keys a generated token's query sees
         for t in thresholds:
@@ -118,7 +137,14 @@ def bench_model(name, args, device) -> list[dict]:
                          "flop_theoretical_speedup": 1 / fracs["flop_compute_frac"],
                          "ratio": speedup * fracs["compute_frac"], "calls_per_run": calls,
                          "times_s": times[t], "train_s": record["timing"]["train_s"]})
-    return rows
+        for k in args.drafts:
+            g, tps = gens[("draft", k)], batch * args.new_tokens / statistics.median(times[("draft", k)])
+            spec_rows.append({"model": name, "run_id": config.run_id, "n_layers": L, "dim": config.dim,
+                              "setting": config.setting, "alpha": config.alpha, "batch": batch, "draft": k,
+                              "acceptance": g.acceptance, "tokens_per_pass": args.new_tokens / g.rounds,
+                              "tokens_per_s": tps, "speedup": tps / full_tps, "identical": True,
+                              "calls_per_run": calls, "times_s": times[("draft", k)]})
+    return rows, spec_rows
 
 
 def print_table(rows) -> None:
@@ -133,11 +159,22 @@ def print_table(rows) -> None:
               f"{r['speedup']:>7.2f} {r['theoretical_speedup']:>6.2f} {r['ratio']:>9.2f}")
 
 
+def print_speculative(rows) -> None:
+    head = f"{'model':>7} {'batch':>5} {'draft':>5} {'accepted':>8} {'tok/pass':>8} {'tokens/s':>9} {'speedup':>7}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['model']:>7} {r['batch']:>5} {r['draft']:>5} {100 * r['acceptance']:>7.1f}% "
+              f"{r['tokens_per_pass']:>8.2f} {r['tokens_per_s']:>9.0f} {r['speedup']:>7.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (CUDA when available)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(MODELS))
+    parser.add_argument("--drafts", type=int, nargs="*", default=[],
+                        help="draft lengths for lossless self-speculative decoding (none: early exit only)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per configuration (after a warm-up)")
     parser.add_argument("--prompt-len", type=int, default=16)
@@ -145,14 +182,22 @@ def main() -> None:
     parser.add_argument("--results", default="results", help="results folder; the models are kept in RESULTS/bench")
     parser.add_argument("--json", help="write the rows to this JSON file")
     args = parser.parse_args()
-    if args.repeats < 1 or args.threads < 1 or args.prompt_len < 1 or args.new_tokens < 1:
-        parser.error("--repeats, --threads, --prompt-len and --new-tokens must be at least 1")
+    if args.repeats < 1 or args.threads < 1 or args.prompt_len < 1 or args.new_tokens < 1 \
+            or any(k < 1 for k in args.drafts):
+        parser.error("--repeats, --threads, --prompt-len, --new-tokens and --drafts must be at least 1")
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    rows = [r for name in args.models for r in bench_model(name, args, device)]
+    rows, spec_rows = [], []
+    for name in args.models:
+        found, spec = bench_model(name, args, device)
+        rows += found
+        spec_rows += spec
     print(f"\ndevice {device}, {args.threads} thread(s), torch {torch.__version__}, prompt {args.prompt_len} + "
           f"{args.new_tokens} new tokens, median of {args.repeats} runs")
     print_table(rows)
+    if spec_rows:
+        print("\nlossless self-speculative decoding (output identical to full-depth greedy decoding):")
+        print_speculative(spec_rows)
     decided = [r for r in rows if r["model"] == "large" and r["threshold"] is not None]
     summary = None
     if decided:
@@ -166,7 +211,8 @@ def main() -> None:
     if args.json:
         env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
                "device": str(device), "threads": args.threads}
-        write_json(args.json, {"env": env, "settings": vars(args), "rows": rows, "nearest_50": summary})
+        write_json(args.json, {"env": env, "settings": vars(args), "rows": rows, "nearest_50": summary,
+                               "speculative": spec_rows})
         print(f"rows written to {args.json}")
 
 

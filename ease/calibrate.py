@@ -12,6 +12,11 @@ returns the most aggressive threshold whose risk is at most `epsilon` with proba
   certified, so family-wise error stays at δ without any correction, and the last rejected one is
   returned (None when even the safest is not: then never exit).
 
+`calibrate(model, ids, ...)` is the one-call entry: a fitted model, a calibration text, a risk, ε, δ and an
+exit measure (max probability, entropy or margin), or several exits sharing one max-probability threshold.
+RunConfig(calibrate=True, ...) does the same for a run (ease.train.calibrate_threshold) and keeps the result
+in its record; `operating_threshold(record)` hands it to ease.decode.
+
 Calibration units are contiguous **blocks of text**, not tokens: neighbouring characters are strongly
 dependent, and the p-values need independent draws; blocks of about an article's length are close to
 that. A block's loss is the average over its tokens, so it lies in [0, 1] as the bounds require.
@@ -33,9 +38,10 @@ import numpy as np
 import torch
 from scipy import stats
 
-from ease.exits import TokenStats, block_bounds, per_block
+from ease.exits import MultiExitStats, TokenStats, block_bounds, first_exit, per_block
 
 RISKS = ("inconsistency", "ppl_increase")
+USABLE_MEASURES = ("max_prob", "entropy", "margin")  # ease.exits.MEASURES without the cosine (it needs the last layer)
 
 
 def hoeffding_bentkus_p(risk_hat: float, n: int, epsilon: float) -> float:
@@ -122,6 +128,68 @@ def block_risks(stats: TokenStats, thresholds: Sequence[float], n_blocks: int, r
             routed = np.array(per_block(torch.where(exits, ce_exit, ce_last), bounds)) / tokens
             out[:, j] = np.clip(np.expm1(routed - full), 0.0, 1.0)
     return out
+
+
+def multi_block_risks(stats: MultiExitStats, thresholds: Sequence[float], n_blocks: int, risk: str) -> np.ndarray:
+    """`block_risks` for a model with several exits, one threshold shared by every exit: a token leaves at the
+    first exit whose confidence reaches it (ease.exits.route_multi). [blocks, thresholds] in [0, 1]."""
+    if risk not in RISKS:
+        raise ValueError(f"risk must be one of {RISKS}, got {risk!r}")
+    if stats.agree is None:
+        raise ValueError("the stats need `agree` (ease.exits.collect_multi_exit_stats gives it)")
+    bounds = block_bounds(len(stats), n_blocks)
+    tokens = np.diff(bounds).astype(float)
+    k = len(stats.exits)
+    full = np.array(per_block(stats.ce[k].double(), bounds)) / tokens
+    agree = torch.cat([stats.agree, torch.ones(1, len(stats), dtype=torch.bool)])  # the last layer agrees with itself
+    out = np.empty((n_blocks, len(thresholds)))
+    for j, t in enumerate(thresholds):
+        where = first_exit(stats.confidence, [float(t)] * k)[None].long()
+        if risk == "inconsistency":
+            out[:, j] = np.array(per_block(~agree.gather(0, where).squeeze(0), bounds)) / tokens
+        else:
+            routed = np.array(per_block(stats.ce.double().gather(0, where).squeeze(0), bounds)) / tokens
+            out[:, j] = np.clip(np.expm1(routed - full), 0.0, 1.0)
+    return out
+
+
+def measure_thresholds(measure: str, vocab_size: int, steps: int = 40) -> list[float]:
+    """The thresholds tested for an exit measure, fixed before any calibration text is seen: steps + 1 evenly
+    spaced over the measure's range ([0, 1] for max_prob and margin; [-log V, 0] for the negative entropy)."""
+    if measure not in USABLE_MEASURES:
+        raise ValueError(f"measure must be one of {USABLE_MEASURES} (the cosine needs the last layer), got {measure!r}")
+    grid = [round(i / steps, 6) for i in range(steps + 1)]
+    if measure == "entropy":
+        return [-math.log(vocab_size) * (1 - f) for f in grid]
+    return grid
+
+
+def calibrate(model, ids: torch.Tensor, *, risk: str = "inconsistency", epsilon: float = 0.05, delta: float = 0.1,
+              measure: str = "max_prob", exits: Sequence[int] = (1,), thresholds: Sequence[float] | None = None,
+              seq_len: int = 64, batch_size: int = 32, block_tokens: int = 2048, device="cpu") -> Calibration:
+    """Learn-then-Test for a fitted model on a calibration text (token ids, e.g. ease.data.encode_held_out's):
+    the most aggressive threshold whose `risk` against the full model is at most `epsilon` with probability
+    at least 1 - `delta`. One exit: any usable exit `measure` (thresholds on its own scale, by default
+    `measure_thresholds`). Several `exits`: the max-probability rule with one threshold shared by every exit.
+    The text is cut into windows of seq_len (as training) and blocks of `block_tokens` (the unit of the p-values)."""
+    from ease.data import make_batches
+    from ease.exits import check_exits, collect_exit_measures, collect_multi_exit_stats
+
+    exits = check_exits(exits, model.cfg.n_layers)
+    if measure not in USABLE_MEASURES:
+        raise ValueError(f"measure must be one of {USABLE_MEASURES} (the cosine needs the last layer), got {measure!r}")
+    if len(exits) > 1 and measure != "max_prob":
+        raise ValueError("with several exits the rule is the max probability at each exit (measure='max_prob')")
+    thresholds = list(thresholds) if thresholds is not None else measure_thresholds(measure, model.cfg.vocab_size)
+    x, y = make_batches(ids, seq_len, batch_size)
+    n_blocks = max(1, y.numel() // block_tokens)
+    if len(exits) == 1:
+        m = collect_exit_measures(model, x, y, exits[0], device)
+        stats = TokenStats(m.scores[measure], m.ce_exit, m.ce_last, exits[0], model.cfg.n_layers, m.agree)
+        risks = block_risks(stats, thresholds, n_blocks, risk)
+    else:
+        risks = multi_block_risks(collect_multi_exit_stats(model, x, y, exits, device), thresholds, n_blocks, risk)
+    return learn_then_test(risks, thresholds, epsilon, delta, risk)
 
 
 def operating_threshold(record: dict) -> float | None:

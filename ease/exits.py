@@ -275,6 +275,7 @@ class MultiExitStats:
     n_layers: int
     confidence: torch.Tensor  # [n_exits, N] max softmax probability at each exit
     ce: torch.Tensor  # [n_exits + 1, N] cross-entropy at each exit, then at the last layer
+    agree: torch.Tensor | None = None  # [n_exits, N] each exit's argmax == the last layer's
 
     def __len__(self) -> int:
         return self.ce.size(1)
@@ -288,15 +289,18 @@ def collect_multi_exit_stats(model, inputs: torch.Tensor, targets: torch.Tensor,
     exits = check_exits(exits, n_layers)
     was_training = model.training
     model.eval()
-    conf, ce = [], []
+    conf, ce, agree = [], [], []
     for x, y in zip(inputs, targets):
         y = y.reshape(-1).to(device)
         logits = model(x.to(device), layers=(*exits, n_layers))
         log_p = {k: F.log_softmax(v.reshape(y.numel(), -1).float(), dim=-1) for k, v in logits.items()}
         conf.append(torch.stack([log_p[e].max(dim=-1).values.exp() for e in exits]))
         ce.append(torch.stack([-log_p[k].gather(1, y[:, None]).squeeze(1) for k in (*exits, n_layers)]))
+        last = log_p[n_layers].argmax(dim=-1)
+        agree.append(torch.stack([log_p[e].argmax(dim=-1) == last for e in exits]))
     model.train(was_training)
-    return MultiExitStats(exits, n_layers, torch.cat(conf, dim=1).cpu(), torch.cat(ce, dim=1).cpu())
+    return MultiExitStats(exits, n_layers, torch.cat(conf, dim=1).cpu(), torch.cat(ce, dim=1).cpu(),
+                          torch.cat(agree, dim=1).cpu())
 
 
 def first_exit(confidence: torch.Tensor, thresholds: list[float]) -> torch.Tensor:

@@ -83,3 +83,59 @@ def test_validity_on_a_model_like_score_distribution():
     assert v.oracle_threshold == pytest.approx(0.7)
     assert np.mean([t is not None and t < 0.65 for t in v.thresholds]) <= 0.1  # true risk above epsilon there
     assert 0 < np.mean(v.shallow) <= v.oracle_shallow  # the guarantee costs some early exits
+
+
+# --- the one-call entry on a model: every usable measure, several exits ---------------------------------
+def _model_and_text():
+    from ease.model import EarlyExitLM, ModelConfig
+
+    torch.manual_seed(0)
+    model = EarlyExitLM(ModelConfig(vocab_size=11, n_layers=4, dim=32, n_heads=4, max_seq_len=16)).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(6)
+    ids = torch.randint(0, 11, (8 * 16 * 12 + 1,), generator=torch.Generator().manual_seed(3))
+    return model, ids
+
+
+@pytest.mark.parametrize("measure", ["max_prob", "entropy", "margin"])
+def test_calibrate_certifies_by_the_chosen_measure(measure):
+    from ease.calibrate import calibrate, measure_thresholds
+
+    model, ids = _model_and_text()
+    kwargs = dict(measure=measure, seq_len=16, batch_size=8, block_tokens=64, delta=0.2)
+    loose = calibrate(model, ids, epsilon=0.99, **kwargs)  # everything passes: the lowest threshold
+    assert loose.threshold == min(measure_thresholds(measure, 11)) and loose.n_blocks == 24
+    # 24 blocks cannot certify a risk of 1e-3 even where nothing exits ((1 - 1e-3)^24 > delta): never exit
+    assert calibrate(model, ids, epsilon=1e-3, **kwargs).threshold is None
+    middle = calibrate(model, ids, epsilon=0.3, **kwargs)
+    assert middle.threshold is not None and middle.threshold > loose.threshold
+    chosen = middle.thresholds.index(middle.threshold)
+    assert middle.empirical_risk[chosen] < 0.3 and middle.p_values[chosen] <= 0.2
+    with pytest.raises(ValueError, match="cosine"):
+        calibrate(model, ids, measure="cosine", **{k: v for k, v in kwargs.items() if k != "measure"})
+
+
+def test_several_exits_share_one_threshold():
+    from ease.calibrate import calibrate, multi_block_risks
+    from ease.data import make_batches
+    from ease.exits import MultiExitStats, collect_multi_exit_stats, route_multi
+
+    model, ids = _model_and_text()
+    x, y = make_batches(ids, 16, 8)
+    stats = collect_multi_exit_stats(model, x, y, (1, 2))
+    thresholds = [0.0, 0.5, 1.01]
+    risks = multi_block_risks(stats, thresholds, 4, "inconsistency")
+    # nobody exits above 1: no risk; everyone exits at 0, at the first exit: layer 1's disagreement rate
+    assert np.all(risks[:, 2] == 0)
+    assert risks[:, 0].mean() == pytest.approx((~stats.agree[0]).double().mean().item(), rel=1e-9)
+    # by hand: token 0 leaves at layer 1 (CE 1.2, disagreeing), token 1 at layer 2 (CE 1.1, disagreeing)
+    hand = MultiExitStats((1, 2), 4, confidence=torch.tensor([[0.9, 0.1], [0.2, 0.9]]),
+                          ce=torch.tensor([[1.2, 1.0], [1.0, 1.1], [1.0, 1.0]]),
+                          agree=torch.tensor([[False, True], [True, False]]))
+    assert multi_block_risks(hand, [0.5], 1, "inconsistency")[0, 0] == 1.0
+    assert multi_block_risks(hand, [0.5], 1, "ppl_increase")[0, 0] == pytest.approx(math.expm1(0.15), rel=1e-6)
+    assert route_multi(hand, 0.5)["ppl"] == pytest.approx(math.exp(1.15), rel=1e-6)
+    chosen = calibrate(model, ids, exits=(1, 2), epsilon=0.99, seq_len=16, batch_size=8, block_tokens=64)
+    assert chosen.threshold == 0.0
+    with pytest.raises(ValueError, match="max probability"):
+        calibrate(model, ids, exits=(1, 2), measure="entropy", seq_len=16, batch_size=8)

@@ -8,7 +8,9 @@ each risk and tolerance ε this chapter reads:
 - the share of splits whose test-half risk exceeds ε (the promise: at most δ);
 - the Shallow % and cost the calibrated threshold keeps, against the hindsight threshold, the most
   aggressive fixed threshold whose risk on the whole test text is within ε (what reading a sweep on this
-  very text would pick, with no guarantee): the guarantee's price.
+  very text would pick, with no guarantee): the guarantee's price;
+- the decoding speedup to expect at that cost: the decoding benchmark's measured speedup of the default
+  model (same shape, 3 layers × 64) at batch 1, interpolated at the layer Compute % (`expected_speedup`).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ease.calibrate import RISKS
+from ease.exits import layer_compute_frac
 
 from companion import core
 from companion.held_out import EARLY_EXIT, Model, cost_line, model_name
@@ -82,6 +85,22 @@ def cost(model: Model, shallow: float, accounting: str = "flops") -> float:
     return a * shallow + b * (1 - shallow)
 
 
+def expected_speedup(bench: dict, compute: float, batch: int = 1) -> float:
+    """The benchmark's measured decoding speedup of the default model at this batch size, interpolated at a
+    layer Compute % (rows that decide, i.e. with a threshold; NaN outside their range)."""
+    rows = sorted((r["compute_frac"], r["speedup"]) for r in bench["rows"]
+                  if r["model"] == "default" and r["batch"] == batch and r["threshold"] is not None)
+    xs, ys = np.array([x for x, _ in rows]), np.array([y for _, y in rows])
+    if not xs.size or not xs[0] - 1e-9 <= compute <= xs[-1] + 1e-9:
+        return float("nan")
+    return float(np.interp(compute, xs, ys))
+
+
+def layer_cost(model: Model, shallow: float) -> float:
+    c = model.records[0]["config"]
+    return layer_compute_frac(shallow, c["exit_layer"], c["n_layers"])
+
+
 def texts(ms: dict[str, Model], found: list[Cell]) -> dict[str, str]:
     h = ms["A0.7"].held_out[0]["calibration"]
     return {"cal_splits": str(found[0].by_model["A0.7"][0]["splits"]), "cal_blocks": str(h["n_blocks"]),
@@ -96,7 +115,7 @@ def case(found: list[Cell]) -> str:
     return "held" if all(c.held for c in found) else "broken"
 
 
-def table(ms: dict[str, Model], found: list[Cell], lang: str) -> str:
+def table(ms: dict[str, Model], found: list[Cell], bench: dict, lang: str) -> str:
     words = core.labels(lang)["calibration"]
     h = words["table"]
     rows = []
@@ -110,8 +129,14 @@ def table(ms: dict[str, Model], found: list[Cell], lang: str) -> str:
                          h["hindsight"]: f"{100 * c.hindsight_shallow(key):.1f}%",
                          h["cost"]: f"{100 * cost(m, c.shallow(key)):.1f}%",
                          h["hindsight_cost"]: f"{100 * cost(m, c.hindsight_shallow(key)):.1f}%",
+                         h["speedup"]: _times(expected_speedup(bench, layer_cost(m, c.shallow(key)))),
+                         h["hindsight_speedup"]: _times(expected_speedup(bench, layer_cost(m, c.hindsight_shallow(key)))),
                          h["never"]: f"{100 * c.never_exit(key):.0f}%"})
     return core.markdown_table(pd.DataFrame(rows))
+
+
+def _times(x: float) -> str:
+    return "—" if not np.isfinite(x) else f"{x:.2f}×"
 
 
 def figure(found: list[Cell], lang: str):

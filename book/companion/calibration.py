@@ -111,6 +111,17 @@ def texts(ms: dict[str, Model], found: list[Cell]) -> dict[str, str]:
             "cal_thresholds": str(len(h["thresholds"]))}
 
 
+def price_texts(ms: dict[str, Model], found: list[Cell], bench: dict) -> dict[str, str]:
+    """The guarantee's price over every cell and model: the calibrated Shallow % as a share of the hindsight
+    threshold's (range), and the largest expected speedup of either threshold."""
+    kept = [c.shallow(k) / c.hindsight_shallow(k) for c in found for k in c.by_model if c.hindsight_shallow(k) > 0]
+    speed = [expected_speedup(bench, layer_cost(ms[k], x)) for c in found for k in c.by_model
+             for x in (c.shallow(k), c.hindsight_shallow(k))]
+    speed = [x for x in speed if np.isfinite(x)]
+    return {"cal_kept_lo": f"{100 * min(kept):.0f}%", "cal_kept_hi": f"{100 * max(kept):.0f}%",
+            "cal_best_speedup": f"{max(speed):.2f}×" if speed else "—"}
+
+
 def case(found: list[Cell]) -> str:
     return "held" if all(c.held for c in found) else "broken"
 

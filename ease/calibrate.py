@@ -122,12 +122,19 @@ def block_risks(stats: TokenStats, thresholds: Sequence[float], n_blocks: int, r
     out = np.empty((n_blocks, len(thresholds)))
     for j, t in enumerate(thresholds):
         exits = stats.confidence >= t
-        if risk == "inconsistency":
-            out[:, j] = np.array(per_block(exits & ~stats.agree, bounds)) / tokens
-        else:
-            routed = np.array(per_block(torch.where(exits, ce_exit, ce_last), bounds)) / tokens
-            out[:, j] = np.clip(np.expm1(routed - full), 0.0, 1.0)
+        out[:, j] = _risk_per_block(risk, exits & ~stats.agree, torch.where(exits, ce_exit, ce_last), full, bounds)
     return out
+
+
+def _risk_per_block(risk: str, disagree: torch.Tensor, routed_ce: torch.Tensor, full: np.ndarray,
+                    bounds: list[int]) -> np.ndarray:
+    """One threshold's risk in each block, from which tokens' routed prediction disagrees with the full model's
+    and the routed CE per token (`full`: each block's mean CE at full depth)."""
+    tokens = np.diff(bounds).astype(float)
+    if risk == "inconsistency":
+        return np.array(per_block(disagree, bounds)) / tokens
+    routed = np.array(per_block(routed_ce, bounds)) / tokens
+    return np.clip(np.expm1(routed - full), 0.0, 1.0)
 
 
 def multi_block_risks(stats: MultiExitStats, thresholds: Sequence[float], n_blocks: int, risk: str) -> np.ndarray:
@@ -145,11 +152,8 @@ def multi_block_risks(stats: MultiExitStats, thresholds: Sequence[float], n_bloc
     out = np.empty((n_blocks, len(thresholds)))
     for j, t in enumerate(thresholds):
         where = first_exit(stats.confidence, [float(t)] * k)[None].long()
-        if risk == "inconsistency":
-            out[:, j] = np.array(per_block(~agree.gather(0, where).squeeze(0), bounds)) / tokens
-        else:
-            routed = np.array(per_block(stats.ce.double().gather(0, where).squeeze(0), bounds)) / tokens
-            out[:, j] = np.clip(np.expm1(routed - full), 0.0, 1.0)
+        out[:, j] = _risk_per_block(risk, ~agree.gather(0, where).squeeze(0),
+                                    stats.ce.double().gather(0, where).squeeze(0), full, bounds)
     return out
 
 

@@ -292,6 +292,13 @@ def real_exit_forward(model: EarlyExitLM, idx: torch.Tensor, threshold: float | 
 
 
 @torch.inference_mode()
+def _token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy of logits [B, T, V] against targets [B, T], flat."""
+    y = targets.reshape(-1).to(logits.device)
+    log_p = F.log_softmax(logits.reshape(y.numel(), -1).float(), dim=-1)
+    return -log_p.gather(1, y[:, None]).squeeze(1)
+
+
 def real_exit_eval(model: EarlyExitLM, inputs: torch.Tensor, targets: torch.Tensor,
                    thresholds: Iterable[float], exit_layer: int = 1, n_blocks: int | None = None) -> list[dict]:
     """Real-exit metrics over batches [n_batches, B, T] (as `ease.data.make_batches` gives).
@@ -320,9 +327,7 @@ def real_exit_eval(model: EarlyExitLM, inputs: torch.Tensor, targets: torch.Tens
         ce, exited = [], []
         for x, y in zip(inputs, targets):
             out = real_exit_forward(model, x, threshold, exit_layer)
-            y = y.reshape(-1).to(out["logits"].device)
-            log_p = F.log_softmax(out["logits"].reshape(y.numel(), -1).float(), dim=-1)
-            ce.append(-log_p.gather(1, y[:, None]).squeeze(1))
+            ce.append(_token_ce(out["logits"], y))
             exited.append(out["exits"].reshape(-1))
         ce, exited = torch.cat(ce).cpu(), torch.cat(exited).cpu()
         shallow = exited.double().mean().item()
@@ -394,7 +399,7 @@ def multi_exit_macs(cfg: ModelConfig, exits: Iterable[int]) -> dict[int, float]:
     at the last layer. Keys of the dict: the exits and n_layers; "full" is plain full-depth inference."""
     from ease.exits import check_exits
 
-    L, d = cfg.n_layers, cfg.dim
+    L = cfg.n_layers
     exits = check_exits(exits, L)
     m = token_macs(cfg, exits[0])
     out = {e: e * m["block"] + (k + 1) * m["head"] + (L - e) * m["kv"] for k, e in enumerate(exits)}
@@ -415,9 +420,7 @@ def multi_exit_eval(model: EarlyExitLM, inputs: torch.Tensor, targets: torch.Ten
     ce, where = [], []
     for x, y in zip(inputs, targets):
         out = multi_exit_forward(model, x, exits, thresholds)
-        y = y.reshape(-1).to(out["logits"].device)
-        log_p = F.log_softmax(out["logits"].reshape(y.numel(), -1).float(), dim=-1)
-        ce.append(-log_p.gather(1, y[:, None]).squeeze(1))
+        ce.append(_token_ce(out["logits"], y))
         where.append(out["layers"].reshape(-1))
     model.train(was_training)
     where = torch.cat(where)

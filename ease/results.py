@@ -204,3 +204,26 @@ def load_sweeps(results_dir: str | Path = "results") -> pd.DataFrame:
 def load_histories(results_dir: str | Path = "results") -> pd.DataFrame:
     """Every run's per-epoch history as a long table (one row per run and epoch)."""
     return _long(results_dir, "history")
+
+
+def kept_val_objective(record: dict) -> float:
+    """The validation loss of the run's own objective at its kept epoch (runs with select_on="objective")."""
+    epoch = record["metrics"]["best_epoch"]
+    row = record["history"][epoch - 1]
+    if "val_objective" not in row:
+        raise ValueError(f"run {record['run_id']} was not kept by its own objective (select_on='objective'), "
+                         "so its records cannot choose a budget")
+    return row["val_objective"]
+
+
+def choose_budget(by_budget: dict[int, list[dict]]) -> int:
+    """The training budget (a key, e.g. epochs) whose runs have the lowest mean validation loss of their own
+    objective at the kept epoch, over the seeds that every budget has: the budget is chosen like any other
+    hyperparameter, on validation text, never on test text."""
+    seeds = set.intersection(*({r["config"]["seed"] for r in recs} for recs in by_budget.values()))
+    if not seeds:
+        raise ValueError(f"the budgets {sorted(by_budget)} have no seed in common; nothing to compare")
+
+    def mean_loss(budget: int) -> float:
+        return sum(kept_val_objective(r) for r in by_budget[budget] if r["config"]["seed"] in seeds) / len(seeds)
+    return min(sorted(by_budget), key=mean_loss)

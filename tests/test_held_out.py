@@ -6,6 +6,7 @@ check that the verdict follows, and flips when the margin does.
 """
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -15,6 +16,7 @@ import yaml
 
 from ease.config import RunConfig
 from ease.exits import TokenStats, block_sums, summary, sweep
+from ease.grid import expand_grid, load_grid
 from ease.results import analysis_path, record_path, write_json
 from ease.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 
@@ -55,7 +57,7 @@ def designed_record(config: RunConfig, offset: float, seed: int) -> dict:
             "block_sums": block_sums(stats, config.sweep_thresholds, BLOCKS)}
     val = summary(stats, config.threshold)
     history = [{"epoch": e, "train_loss": 2.0 / e, "val_ppl": val["ppl"], "val_ppl_shallow": val["ppl_shallow"],
-                "val_ppl_deep": val["ppl_deep"], "val_shallow_frac": val["shallow_frac"], "val_objective": 2.0 / e}
+                "val_ppl_deep": val["ppl_deep"], "val_shallow_frac": val["shallow_frac"], "val_objective": 2.0 / e + offset}
                for e in (1, 2)]
     return {"schema_version": 2, "run_id": config.run_id, "config": config.to_dict(),
             "metrics": {**val, "best_epoch": 2, "epochs_run": 2, "eval_tokens": n},
@@ -94,7 +96,6 @@ def designed_held_out(config: RunConfig, offset: float, seed: int, rule_gain: fl
 
 def write_grid(tmp_path, grid: str, offsets: dict, **held) -> None:
     from ease.analysis import wants_held_out
-    from ease.grid import expand_grid, load_grid
 
     for config in expand_grid(load_grid(grid)):
         c = config
@@ -161,17 +162,62 @@ def test_equal_compute_reads_the_sweep_at_the_dense_models_cost(chapter):
 
 def test_budget_check_says_converged_or_moved(chapter, tmp_path):
     ms, comps, folder = chapter()
-    check_runs = [{"setting": ["A", "B"], "alpha": 0.7},
-                  *({"setting": "custom", "alpha": None, "n_layers": d, "weights": {d: 1.0}} for d in (1, 3))]
     for name, shift, expected in (("same", 0.0, "converged"), ("shifted", 0.3, "moved")):
-        grid = grid_file(tmp_path, name, 2, {**BASE, "max_epochs": 4, "patience": 4}, check_runs)
+        grid = grid_file(tmp_path, name, 2, {**BASE, "max_epochs": 4, "patience": 4}, RUNS)
         write_grid(folder, grid, {k: v + shift for k, v in OFFSETS.items()})
         check = held_out.check_models(50, folder, grid)
         rows = held_out.budget_check(ms, check)
         assert held_out.cases(comps, rows)["budget"] == expected
-    assert held_out.check_models(50, folder, grid_file(tmp_path, "absent", 2, {**BASE, "max_epochs": 9}, check_runs)) \
+        assert held_out.cases(comps, rows, chosen=True)["budget"] == ("converged" if shift == 0 else "chosen")
+    assert held_out.check_models(50, folder, grid_file(tmp_path, "absent", 2, {**BASE, "max_epochs": 9}, RUNS)) \
         is None
     assert held_out.cases(comps, None)["budget"] == "pending"
+
+
+def test_the_check_reads_the_seeds_every_model_has_finished(chapter, tmp_path):
+    ms, _, folder = chapter()
+    grid = grid_file(tmp_path, "running", 4, {**BASE, "max_epochs": 4, "patience": 4}, RUNS)
+    write_grid(folder, grid, OFFSETS)
+    configs = expand_grid(load_grid(grid))
+    for config in configs:  # seeds 0-1 finished; seed 2 for some models only; seed 3 for none
+        if config.seed == 3 or (config.seed == 2 and config.setting == "A"):
+            record_path(folder, config.run_id).unlink()
+    check = held_out.check_models(50, folder, grid)
+    assert {key: m.seeds for key, m in check.items()} == {key: [0, 1] for key in ms}
+    # one seed is not a check
+    for config in configs:
+        if config.seed == 1 and record_path(folder, config.run_id).exists():
+            record_path(folder, config.run_id).unlink()
+    assert held_out.check_models(50, folder, grid) is None
+
+
+def test_each_model_is_read_at_the_budget_its_validation_loss_chooses(chapter, tmp_path):
+    ms, _, folder = chapter()
+    grid = grid_file(tmp_path, "twice", SEEDS, {**BASE, "max_epochs": 4, "patience": 4}, RUNS)
+    # at twice the budget the 1-layer dense model is much better, on validation and test; every other worse
+    write_grid(folder, grid, {k: v - 0.2 if k == "dense1" else v + 0.05 for k, v in OFFSETS.items()})
+    check = held_out.check_models(50, folder, grid)
+    rows = held_out.budget_check(ms, check)
+    assert {r["key"]: r["chosen"] for r in rows} == {key: 4 if key == "dense1" else 2 for key in ms}
+    chosen_ms, chosen = held_out.at_chosen_budgets(ms, rows, folder, grid)
+    assert chosen and chosen_ms["dense1"].records[0]["config"]["max_epochs"] == 4
+    assert all(chosen_ms[k] is ms[k] for k in ms if k != "dense1")
+    # the choice is made on validation loss: a model better on test text only keeps its budget
+    grid2 = grid_file(tmp_path, "test-only", SEEDS, {**BASE, "max_epochs": 6, "patience": 6}, RUNS)
+    write_grid(folder, grid2, {k: v - 0.2 for k, v in OFFSETS.items()})
+    for config in expand_grid(load_grid(grid2)):
+        path = record_path(folder, config.run_id)
+        record = json.loads(path.read_text())
+        for row in record["history"]:
+            row["val_objective"] += 0.5  # worse on validation, better on test
+        write_json(path, record)
+    rows2 = held_out.budget_check(ms, held_out.check_models(50, folder, grid2))
+    assert all(r["chosen"] == 2 for r in rows2)
+    # while the check lacks a seed or an analysis, the converged grid's models stay
+    held_out_analysis = analysis_path(folder, next(iter(check.values())).records[0]["run_id"])
+    held_out_analysis.unlink()
+    assert held_out.at_chosen_budgets(ms, rows, folder, grid) == (ms, False)
+    assert held_out.at_chosen_budgets(ms, None, folder, grid) == (ms, False)
 
 
 @pytest.mark.parametrize("gain, expected", [(0.0, INCONCLUSIVE), (0.3, REPRODUCED), (-0.3, NOT_REPRODUCED)])
@@ -216,3 +262,11 @@ def test_every_new_table_and_figure_renders_from_the_designed_grid(chapter, lang
     assert len(held_out.alpha_table(ms, best, alpha_rows, lang).splitlines()) == 2 + 3
     assert held_out.rule_counts(rules)["ho_rules_lower"] == "4"  # entropy, every model
     assert held_out.rules_figure(ms, lang) is not None
+
+
+def test_a_rising_validation_loss_is_called_unsteady(chapter):
+    ms, _, _ = chapter()
+    assert held_out.steadiness_case(ms) == "steady"  # designed curves fall every epoch
+    ms["dense2"].records[1]["history"][1]["val_objective"] += 1.5  # above epoch 1
+    assert held_out.largest_rise(ms)[0] == "dense2" and held_out.steadiness_case(ms) == "unsteady"
+    assert held_out.convergence_values(ms, None, "en")["model"] == held_out.model_name("dense2", "en")

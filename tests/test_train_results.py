@@ -605,3 +605,26 @@ def test_each_training_recipe_trains_repeatably_and_changes_the_run(tiny, runs, 
     assert first["metrics"] == again["metrics"]  # seeded: the same layers dropped, the same numbers
     assert first["metrics"]["ppl"] != runs[1][0]["metrics"]["ppl"]  # the recipe changed training
     assert all(math.isfinite(v) for v in first["metrics"].values() if isinstance(v, float))
+
+
+def _budget_record(seed: int, losses: list[float]) -> dict:
+    best = min(range(len(losses)), key=losses.__getitem__) + 1
+    return {"run_id": f"r{seed}-{len(losses)}", "config": {"seed": seed}, "metrics": {"best_epoch": best},
+            "history": [{"epoch": e + 1, "val_objective": v} for e, v in enumerate(losses)]}
+
+
+def test_choose_budget_reads_the_kept_epochs_validation_loss_over_common_seeds():
+    from ease.results import choose_budget, kept_val_objective
+
+    short = [_budget_record(0, [2.0, 1.9]), _budget_record(1, [2.1, 1.8])]
+    long_ = [_budget_record(0, [2.0, 1.7, 1.75, 1.8]), _budget_record(1, [2.0, 1.95, 1.9, 1.85])]
+    assert kept_val_objective(long_[0]) == 1.7  # the kept epoch's, not the last one's
+    assert choose_budget({20: short, 40: long_}) == 40  # mean 1.775 against 1.85
+    worse = [_budget_record(0, [2.0, 1.95]), _budget_record(1, [2.0, 1.95]), _budget_record(2, [0.1, 0.1])]
+    # seed 2 exists at one budget only: it must not decide
+    assert choose_budget({20: short, 40: worse}) == 20
+    with pytest.raises(ValueError, match="no seed in common"):
+        choose_budget({20: short[:1], 40: long_[1:]})
+    no_objective = {"run_id": "doc", "config": {"seed": 0}, "metrics": {"best_epoch": 1}, "history": [{"epoch": 1}]}
+    with pytest.raises(ValueError, match="select_on"):
+        kept_val_objective(no_objective)

@@ -190,13 +190,16 @@ def book_grid(results: str | Path | None = None) -> Grid:
     return select_grid(load_records(results), reference_configs(), results)
 
 
-def grid_records(name: str, results: str | Path | None = None) -> list[dict]:
-    """The records of every config of a builtin grid; a clear error naming what is missing."""
+def grid_records(name: str, results: str | Path | None = None, partial: bool = False) -> list[dict]:
+    """The records of every config of a builtin grid; a clear error naming what is missing (`partial`: the
+    records there are, for a grid still running)."""
     results = Path(results) if results is not None else results_dir()
     configs = expand_grid(load_grid(name))
     records = [find_record(c, results) for c in configs]
     missing = [c.run_id for c, r in zip(configs, records) if r is None]
-    if missing:
+    if partial:
+        records = [r for r in records if r is not None]
+    elif missing:
         raise LookupError(f"{len(missing)} of {len(configs)} runs of grid {name!r} have no record in "
                           f"{runs_dir(results)} (e.g. {missing[:3]}). Run them: python -m ease.pipeline --grid {name}")
     for record in records:  # read through RunConfig so older records show today's fields

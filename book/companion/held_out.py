@@ -18,7 +18,9 @@ import pandas as pd
 
 from ease.decode import token_macs
 from ease.exits import layer_compute_frac
+from ease.grid import expand_grid, load_grid
 from ease.model import ModelConfig
+from ease.results import choose_budget, kept_val_objective
 from ease.stats import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Stat, TextAwareDiff, block_ppl, holm, mean_ci,
                         paired_ci, text_aware_paired)
 
@@ -340,19 +342,41 @@ def best_alpha(ms: dict[str, Model], setting: str = "A") -> tuple[str, list[tupl
     return best, rows
 
 
-# --- convergence -------------------------------------------------------------------------------------
+# --- convergence and the budget ----------------------------------------------------------------------
+MIN_CHECK_SEEDS = 2
+
+
 def check_models(vocab_size: int, results=None, grid: str = CHECK_GRID) -> dict[str, Model] | None:
-    """The 2x-budget check's models (None while its grid has not finished); its runs have no analyses, so the
-    vocabulary size is the converged grid's (the same text)."""
-    try:
-        return models(grid, results, early_exit=(("A", 0.7), ("B", 0.7)), dense=(1, 3), vocab_size=vocab_size)
-    except LookupError:
+    """The 2x-budget grid's models over the seeds it has finished for every model (None while fewer than
+    MIN_CHECK_SEEDS); its analyses are not read, so the vocabulary size is the converged grid's (same text)."""
+    records = core.grid_records(grid, results, partial=True)
+    keys = [*(f"{s}{a:g}" for s, a in EARLY_EXIT), *(f"dense{d}" for d in DENSE)]
+    by_key = {key: _select_key(records, key) for key in keys}
+    seeds = set.intersection(*({r["config"]["seed"] for r in recs} for recs in by_key.values()))
+    if len(seeds) < MIN_CHECK_SEEDS:
         return None
+    return {key: Model(key, [r for r in recs if r["config"]["seed"] in seeds], vocab_size)
+            for key, recs in by_key.items()}
+
+
+def _select_key(records: Sequence[dict], key: str) -> list[dict]:
+    """A model's records among a grid's (none yet: [])."""
+    fields = {"setting": "custom", "n_layers": int(key[5:])} if key.startswith("dense") else \
+        {"setting": key[0], "alpha": float(key[1:])}
+    try:
+        return core.select(records, **fields)
+    except LookupError:
+        return []
+
+
+def epochs(model: Model) -> int:
+    return model.records[0]["config"]["max_epochs"]
 
 
 def budget_check(ms: dict[str, Model], check: dict[str, Model]) -> list[dict]:
-    """Per checked model: test PPL at the budget and at twice it (the check's seeds), their paired difference
-    with its text-aware interval, and the half-width of the budget's own seed interval (all its seeds)."""
+    """Per model: test PPL at the budget and at twice it (the check's seeds), their paired difference with its
+    text-aware interval, the half-width of the budget's own seed interval (all its seeds), the mean validation
+    loss of the model's own objective at each budget and the budget that it chooses (ease.results.choose_budget)."""
     rows = []
     for key, twice in check.items():
         base = Model(key, [r for r in ms[key].records if r["config"]["seed"] in twice.seeds], ms[key].vocab_size)
@@ -360,24 +384,62 @@ def budget_check(ms: dict[str, Model], check: dict[str, Model]) -> list[dict]:
         diff = text_aware_paired(ppl(base), ppl(twice), len(twice.records), len(twice.tokens), REPLICATES) \
             if len(twice.records) > 1 else None
         rows.append({"key": key, "budget": mean_ci(ppl(base)(None)), "twice": mean_ci(ppl(twice)(None)),
-                     "diff": diff, "budget_half": mean_ci(ppl(ms[key])(None)).half})
+                     "diff": diff, "budget_half": mean_ci(ppl(ms[key])(None)).half,
+                     "val": {epochs(m): float(np.mean([kept_val_objective(r) for r in m.records]))
+                             for m in (base, twice)},
+                     "chosen": choose_budget({epochs(base): base.records, epochs(twice): twice.records})})
     return rows
 
 
-def convergence_figure(ms: dict[str, Model], lang: str):
-    """Each model's validation loss of its own objective by epoch (mean over seeds)."""
+def at_chosen_budgets(ms: dict[str, Model], budget: Sequence[dict] | None, results=None,
+                      grid: str = CHECK_GRID) -> tuple[dict[str, Model], bool]:
+    """Each model at the budget its validation loss chooses, once the 2x grid has every seed and analysis;
+    until then the converged grid's models. Returns (models, whether the budgets were chosen)."""
+    if budget is None:
+        return ms, False
+    try:
+        twice = models(grid, results)
+    except LookupError:
+        return ms, False
+    return {key: twice[key] if row["chosen"] == epochs(twice[key]) else ms[key]
+            for key, row in ((r["key"], r) for r in budget)}, True
+
+
+STEADY_RISE = 0.01  # nats: a validation loss that never rises by more than this from epoch to epoch is steady
+
+
+def largest_rise(ms: dict[str, Model]) -> tuple[str, float]:
+    """The model whose validation loss (of any seed) rises most from one epoch to the next, and that rise."""
+    rises = {key: float(np.diff([[h["val_objective"] for h in r["history"]] for r in m.records], axis=1).max())
+             for key, m in ms.items()}
+    key = max(rises, key=rises.get)
+    return key, rises[key]
+
+
+def steadiness_case(ms: dict[str, Model]) -> str:
+    """"steady" when no model's validation loss rises by more than STEADY_RISE between epochs."""
+    return "steady" if largest_rise(ms)[1] <= STEADY_RISE else "unsteady"
+
+
+def convergence_figure(ms: dict[str, Model], lang: str, check: dict[str, Model] | None = None):
+    """Each model's validation loss of its own objective by epoch (mean over seeds): at the budget, and beside
+    it at twice the budget (the check's seeds) when there is a check."""
     import matplotlib.pyplot as plt
 
     words = core.labels(lang)["held_out"]
+    panels = [ms] if check is None else [ms, check]
     with core.figure_style(lang):
-        fig, ax = plt.subplots(figsize=(7.5, 4))
-        for i, (key, m) in enumerate(ms.items()):
-            curves = np.array([[h["val_objective"] for h in r["history"]] for r in m.records])
-            epochs = np.arange(1, curves.shape[1] + 1)
-            style = {"linestyle": "--"} if m.dense else {}
-            ax.plot(epochs, curves.mean(0), label=model_name(key, lang), color=_color(key, i), **style)
-        ax.set(xlabel=words["epoch"], ylabel=words["val_objective"])
-        ax.legend(fontsize=8, ncols=2)
+        fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels) ** 0.7, 4), sharey=True, squeeze=False)
+        for ax, group in zip(axes[0], panels):
+            for i, (key, m) in enumerate(group.items()):
+                curves = np.array([[h["val_objective"] for h in r["history"]] for r in m.records])
+                x = np.arange(1, curves.shape[1] + 1)
+                style = {"linestyle": "--"} if m.dense else {}
+                ax.plot(x, curves.mean(0), label=model_name(key, lang), color=_color(key, i), **style)
+            ax.set(xlabel=words["epoch"], title=words["budget_panel"].format(epochs=epochs(next(iter(group.values())))))
+        axes[0][0].set_ylabel(words["val_objective"])
+        axes[0][0].legend(fontsize=8, ncols=2)
+        fig.tight_layout()
         return core.finish(fig)
 
 
@@ -459,7 +521,8 @@ def models_table(ms: dict[str, Model], lang: str) -> str:
                      h["ppl_exit"]: "—" if m.dense else core.fmt_stat(mean_ci(block_ppl(m.sums("ce_exit"), m.tokens)), "ppl"),
                      h["ppl_routed"]: routed,
                      h["shallow"]: "—" if m.dense else core.fmt_stat(mean_ci(shallow(m)(None)), "shallow_frac"),
-                     h["epoch"]: f"{np.mean([r['metrics']['best_epoch'] for r in m.records]):.1f}"})
+                     h["epoch"]: f"{np.mean([r['metrics']['best_epoch'] for r in m.records]):.1f}",
+                     h["budget_epochs"]: str(epochs(m))})
     return core.markdown_table(pd.DataFrame(rows))
 
 
@@ -495,7 +558,9 @@ def budget_table(rows: Sequence[dict], lang: str) -> str:
         out.append({h["model"]: model_name(row["key"], lang), h["budget"]: core.fmt_stat(row["budget"], "ppl"),
                     h["twice"]: core.fmt_stat(row["twice"], "ppl"),
                     h["text_interval"]: "—" if d is None else f"{d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]",
-                    h["budget_half"]: f"±{row['budget_half']:.3f}"})
+                    h["budget_half"]: f"±{row['budget_half']:.3f}",
+                    **{h["val_at"].format(epochs=e): f"{v:.4f}" for e, v in row["val"].items()},
+                    h["chosen"]: str(row["chosen"])})
     return core.markdown_table(pd.DataFrame(out))
 
 
@@ -552,7 +617,7 @@ def optimism_table(rows: Sequence[dict], lang: str) -> str:
         for r in rows]))
 
 
-def texts(ms: dict[str, Model], comps: Sequence[Comparison], check: dict | None) -> dict[str, str]:
+def texts(ms: dict[str, Model], comps: Sequence[Comparison]) -> dict[str, str]:
     """The page's glued numbers (ho_* keys)."""
     a7 = ms["A0.7"]
     c = a7.records[0]["config"]
@@ -564,19 +629,34 @@ def texts(ms: dict[str, Model], comps: Sequence[Comparison], check: dict | None)
            "ho_unknown": str(test["unknown_chars"]), "ho_blocks": str(test["blocks"]),
            "ho_block_tokens": f"{int(a7.tokens.mean()):,}", "ho_replicates": f"{REPLICATES:,}",
            "ho_alpha": f"{FAMILY_ALPHA:g}", "ho_n_primary": str(len(comps)),
-           "ho_real_thresholds": ", ".join(f"{t:g}" for t in real_thresholds(a7))}
+           "ho_real_thresholds": ", ".join(f"{t:g}" for t in real_thresholds(a7)),
+           "ho_twice_epochs": str(expand_grid(load_grid(CHECK_GRID))[0].max_epochs)}
     return out
 
 
-def cases(comps: Sequence[Comparison], budget: Sequence[dict] | None) -> dict[str, str]:
-    """The case codes the page's sentences are chosen by."""
+def convergence_values(ms: dict[str, Model], check: dict[str, Model] | None, lang: str) -> dict[str, str]:
+    """The numbers the convergence sentences are filled with: the largest epoch-to-epoch rise of a validation
+    loss (and whose), how many seeds the check has (of how many) and the budget's epochs."""
+    key, rise = largest_rise(ms)
+    planned = expand_grid(load_grid(CHECK_GRID))
+    return {"rise": f"{rise:.4f}", "model": model_name(key, lang),
+            "seeds": str(len(next(iter(check.values())).records) if check else 0),
+            "planned": str(len({c.seed for c in planned})), "epochs": str(epochs(ms["A0.7"]))}
+
+
+def cases(comps: Sequence[Comparison], budget: Sequence[dict] | None, chosen: bool = False) -> dict[str, str]:
+    """The case codes the page's sentences are chosen by. "budget": pending (no check yet), converged (no
+    model's test PPL moves by its budget's half-width), moved (one does; the check is still running), chosen
+    (one does, and each model is read at the budget its validation loss chooses)."""
     by_code = {c.code: verdict(c) for c in comps}
     if budget is None:
         converged = "pending"
+    elif all(r["diff"] is not None and abs(r["diff"].mean) < r["budget_half"] for r in budget):
+        converged = "converged"
     else:
-        converged = "converged" if all(r["diff"] is not None and abs(r["diff"].mean) < r["budget_half"]
-                                       for r in budget) else "moved"
-    return {"depth": by_code["dense3_vs_dense1"], "ee": by_code["ee_vs_dense2"], "budget": converged}
+        converged = "chosen" if chosen else "moved"
+    return {"depth": by_code["dense3_vs_dense1"], "ee": by_code["ee_vs_dense2"], "budget": converged,
+            "regime": "chosen" if chosen else "single"}
 
 
 def equal_counts(rows, prefix: str = "ho_eq") -> dict[str, str]:

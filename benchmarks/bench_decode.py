@@ -22,7 +22,11 @@ over full-depth decoding (there is no Compute% to compare with: every kept token
 --models takes, besides the two above, the document's other cells (A at alpha 0.3 and 0.5, B at 0.7), to
 see acceptance against alpha and setting.
 
-    python benchmarks/bench_decode.py [--device cpu|cuda|auto] [--threads 1] [--drafts 1 2 4 8] [--json OUT]
+With --grouped, batches above 1 also decode with the "grouped" schedule (rows advance on their own and
+the deeper layers run once for many waiting rows; see ease.decode.generate) at every threshold, in the same
+round-robin; its table gives each schedule's speedup as a share of the theoretical 1/Compute%.
+
+    python benchmarks/bench_decode.py [--device cpu|cuda|auto] [--threads 1] [--drafts 1 2 4 8] [--grouped] [--json OUT]
 """
 from __future__ import annotations
 
@@ -93,7 +97,7 @@ def bench_model(name, args, device) -> list[dict]:
     model, corpus = load_trained(results_dir, config)
     model = model.to(device)
     e, L = config.exit_layer, config.n_layers
-    rows, spec_rows = [], []
+    rows, spec_rows, group_rows = [], [], []
     for batch in args.batches:
         # prompts: windows of the validation text, 997 characters apart, one per row
         prompts = [corpus.val_ids[s:s + args.prompt_len].tolist() for s in range(0, batch * 997, 997)]
@@ -106,6 +110,10 @@ def bench_model(name, args, device) -> list[dict]:
         for k in args.drafts:
             variants[("draft", k)] = lambda k=k: speculative_generate(model, prompts, args.new_tokens, draft=k,
                                                                       exit_layer=e)
+        if args.grouped and batch > 1:
+            for t in thresholds[1:]:
+                variants[("grouped", t)] = lambda t=t: generate(model, prompts, args.new_tokens, threshold=t,
+                                                                exit_layer=e, schedule="grouped")
         sync(device)
         start = time.perf_counter()
         gens = {key: decode() for key, decode in variants.items()}  # warm-up, not timed
@@ -144,7 +152,25 @@ def bench_model(name, args, device) -> list[dict]:
                               "acceptance": g.acceptance, "tokens_per_pass": args.new_tokens / g.rounds,
                               "tokens_per_s": tps, "speedup": tps / full_tps, "identical": True,
                               "calls_per_run": calls, "times_s": times[("draft", k)]})
-    return rows, spec_rows
+        for key in (key for key in variants if isinstance(key, tuple) and key[0] == "grouped"):
+            t, lockstep = key[1], next(r for r in rows if r["batch"] == batch and r["threshold"] == key[1])
+            tps = batch * args.new_tokens / statistics.median(times[key])
+            group_rows.append({**{k: lockstep[k] for k in ("model", "run_id", "n_layers", "dim", "batch", "threshold",
+                                                          "calibrated", "shallow_frac", "compute_frac")},
+                               "schedule": "grouped", "tokens_per_s": tps, "speedup": tps / full_tps,
+                               "ratio": tps / full_tps * lockstep["compute_frac"],
+                               "lockstep_ratio": lockstep["ratio"],
+                               # rows never interact, so only float rounding of other matmul shapes could differ
+                               "identical": bool(torch.equal(gens[key].tokens, gens[t].tokens)),
+                               "calls_per_run": calls, "times_s": times[key]})
+    return rows, spec_rows, group_rows
+
+
+def print_grouped(rows) -> None:
+    print(f"{'model':8} {'batch':>5} {'thresh':>7} {'compute%':>8} {'lockstep':>9} {'grouped':>8} {'same':>5}")
+    for r in rows:
+        print(f"{r['model']:8} {r['batch']:5d} {r['threshold']:7.4g} {100 * r['compute_frac']:7.1f}% "
+              f"{100 * r['lockstep_ratio']:8.0f}% {100 * r['ratio']:7.0f}% {'yes' if r['identical'] else 'NO':>5}")
 
 
 def print_table(rows) -> None:
@@ -175,6 +201,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(MODELS))
     parser.add_argument("--drafts", type=int, nargs="*", default=[],
                         help="draft lengths for lossless self-speculative decoding (none: early exit only)")
+    parser.add_argument("--grouped", action="store_true",
+                        help="also time the 'grouped' schedule of batched early exit (batches above 1)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per configuration (after a warm-up)")
     parser.add_argument("--prompt-len", type=int, default=16)
@@ -187,17 +215,22 @@ def main() -> None:
         parser.error("--repeats, --threads, --prompt-len, --new-tokens and --drafts must be at least 1")
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    rows, spec_rows = [], []
+    rows, spec_rows, group_rows = [], [], []
     for name in args.models:
-        found, spec = bench_model(name, args, device)
+        found, spec, grouped = bench_model(name, args, device)
         rows += found
         spec_rows += spec
+        group_rows += grouped
     print(f"\ndevice {device}, {args.threads} thread(s), torch {torch.__version__}, prompt {args.prompt_len} + "
           f"{args.new_tokens} new tokens, median of {args.repeats} runs")
     print_table(rows)
     if spec_rows:
         print("\nlossless self-speculative decoding (output identical to full-depth greedy decoding):")
         print_speculative(spec_rows)
+    if group_rows:
+        print("\nbatched early exit, each schedule's speedup as a share of 1/Compute% (ease.decode.generate's "
+              "schedule; 'same': output identical to lockstep):")
+        print_grouped(group_rows)
     decided = [r for r in rows if r["model"] == "large" and r["threshold"] is not None]
     summary = None
     if decided:
@@ -212,7 +245,7 @@ def main() -> None:
         env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
                "device": str(device), "threads": args.threads}
         write_json(args.json, {"env": env, "settings": vars(args), "rows": rows, "nearest_50": summary,
-                               "speculative": spec_rows})
+                               "speculative": spec_rows, "grouped": group_rows})
         print(f"rows written to {args.json}")
 
 

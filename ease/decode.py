@@ -474,11 +474,27 @@ def _pick(logits: torch.Tensor, greedy: bool, temperature: float, top_k: int | N
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
 
 
+SCHEDULES = ("lockstep", "grouped")
+# "grouped": the deeper layers run once this share of the unfinished rows waits for them (or nobody can go on).
+# Waiting for every row saves deep passes but costs exit-layer passes for the last few ready rows; a cost model
+# (one pass of a layer costs about the same for 1 row as for 16: the weights are streamed either way) puts the
+# best share near 3/4 for rows that exit half of their tokens independently.
+GROUP_WAIT = 0.75
+
+
 @torch.inference_mode()
 def generate(model: EarlyExitLM, prompts, max_new_tokens: int, threshold: float | None = None,
              exit_layer: int = 1, greedy: bool = True, temperature: float = 1.0, top_k: int | None = None,
-             generator: torch.Generator | None = None) -> Generation:
+             generator: torch.Generator | None = None, schedule: str = "lockstep") -> Generation:
     """Autoregressive decoding with real early exit and a per-layer KV cache.
+
+    schedule "lockstep": every row feeds one token per step (below). "grouped": rows advance on
+    their own; a row whose token exits goes on at once, a row whose token needs the deeper layers
+    waits, and the deeper layers run once for all waiting rows when GROUP_WAIT of the unfinished rows
+    wait or no row can go on. Each row's
+    output is the same as with "lockstep" (rows never interact); the point is speed: a decoding
+    step of a small batch costs about as much for one row as for all (it streams the same
+    weights), so the deeper layers pay off only when they run for many rows at once.
 
     prompts: a list of token-id lists (lengths may differ; left-padded) or a LongTensor [T] / [B, T].
     threshold None or > 1: full depth, no exit head computed. Each step runs layers 1..exit_layer
@@ -494,6 +510,8 @@ def generate(model: EarlyExitLM, prompts, max_new_tokens: int, threshold: float 
     _check_exit_layer(model, exit_layer)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if not greedy:
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
                 or not math.isfinite(temperature) or temperature <= 0:
@@ -522,6 +540,11 @@ def generate(model: EarlyExitLM, prompts, max_new_tokens: int, threshold: float 
         logits, exits = _forward(model, idx, pos, cache, threshold)
         last, exited = logits[:, -1], exits[:, -1]
         next_pos = lengths[:, None].clone()
+        if schedule == "grouped" and _decides(threshold) and exit_layer < cfg.n_layers:
+            pick = lambda lg: _pick(lg, greedy, temperature, top_k, generator)  # noqa: E731
+            _grouped(model, cache, threshold, last, exited, next_pos[:, 0], pick, tokens, layers, chosen_from)
+            model.train(was_training)
+            return Generation(tokens, layers, chosen_from, [len(r) for r in rows])
         for i in range(N):
             tok = _pick(last, greedy, temperature, top_k, generator)
             tokens[:, i] = tok
@@ -533,6 +556,80 @@ def generate(model: EarlyExitLM, prompts, max_new_tokens: int, threshold: float 
                 next_pos += 1
     model.train(was_training)
     return Generation(tokens, layers, chosen_from, [len(r) for r in rows])
+
+
+def _grouped(model: EarlyExitLM, cache: _Cache, threshold: float, last: torch.Tensor, exited: torch.Tensor,
+             pos: torch.Tensor, pick, tokens: torch.Tensor, layers: torch.Tensor, chosen_from: torch.Tensor) -> None:
+    """The "grouped" schedule of `generate`, after the prefill: fills tokens, layers and chosen_from.
+
+    Every pass runs over all B rows (a row with nothing to do computes a throw-away query; in a
+    small batch that costs little, and it avoids gathering the cache by rows); only the rows that
+    take part write keys and values, each at its own next column. Exited positions' deeper K/V are
+    deferred as in `_forward` and computed before any deep query.
+    """
+    blocks, e, L = model.blocks, cache.exit_layer, model.cfg.n_layers
+    B, N = tokens.shape
+    dev = tokens.device
+    col = torch.full((B,), cache.length, dtype=torch.long, device=dev)  # each row's next column
+    count = torch.zeros(B, dtype=torch.long, device=dev)  # tokens emitted per row
+    waiting = torch.zeros(B, dtype=torch.bool, device=dev)
+    h_wait = torch.zeros(B, 1, model.cfg.dim, device=dev, dtype=cache.k.dtype)
+    keys = torch.arange(cache.k.size(3), device=dev)
+    every = torch.arange(B, device=dev)
+
+    def emit(rows: torch.Tensor, logits: torch.Tensor, layer: int) -> None:
+        tokens[rows, count[rows]] = pick(logits)
+        layers[rows, count[rows]] = layer
+        chosen_from[rows, count[rows]] = logits
+        count[rows] += 1
+
+    def run(h: torch.Tensor, layer_range, rows: torch.Tensor) -> torch.Tensor:
+        """h [B, 1, C] through `layer_range` at each row's column; `rows` write their K/V there."""
+        end = int(col.max()) + 1
+        c = col[:, None]
+        mask = ((keys[:end] <= c) & (cache.valid[:, :end] | (keys[:end] == c)))[:, None, None]
+        cos, sin = cache.cos[pos][:, None, None], cache.sin[pos][:, None, None]
+        for layer in layer_range:
+            block = blocks[layer]
+            a = block.norm1(h) if block.pre_norm else h
+            qkv = block.attn.qkv(a).view(B, 1, 3, cache.n_heads, cache.head_dim).permute(2, 0, 3, 1, 4)
+            q, k = apply_rotary(qkv[:2], cos, sin)
+            cache.k[layer, rows, :, col[rows]] = k[rows, :, 0]
+            cache.v[layer, rows, :, col[rows]] = qkv[2][rows, :, 0]
+            h = _finish_block(block, h, _attend(block, cache, layer, q, end, None, mask, False))
+        return h
+
+    emit(every, last, L)  # the prefill's predictions: row by row from the exit layer or the last one
+    layers[exited, 0] = e
+    while True:
+        ready = (count < N) & ~waiting
+        if ready.any():  # the next token of every ready row through layers 1..e
+            rows = ready.nonzero().squeeze(1)
+            h = run(model.embed(tokens[every, (count - 1).clamp(min=0)])[:, None], range(e), rows)
+            logits = model.head(model.final_norm(h[:, 0]))
+            confident = F.log_softmax(logits.float(), dim=-1).amax(dim=-1).exp() >= threshold
+            out, stay = (ready & confident).nonzero().squeeze(1), (ready & ~confident)
+            if out.numel():  # their deeper K/V wait until a deep query needs them
+                cache.pending[out, col[out]] = True
+                cache.pending_h[out, col[out]] = h[out, 0]
+                cache.pending_pos[out, col[out]] = pos[out]
+                cache.has_pending = True
+                emit(out, logits[out], e)
+                col[out] += 1
+                pos[out] += 1
+            h_wait[stay] = h[stay]
+            waiting |= stay
+        unfinished = count < N
+        if waiting.any() and (waiting.sum() >= GROUP_WAIT * unfinished.sum() or not (unfinished & ~waiting).any()):
+            rows = waiting.nonzero().squeeze(1)
+            _skip_kv(cache)
+            h = run(h_wait, range(e, L), rows)
+            emit(rows, model.head(model.final_norm(h[rows, 0])), L)
+            col[rows] += 1
+            pos[rows] += 1
+            waiting[:] = False
+        if not (count < N).any():
+            return
 
 
 @dataclass

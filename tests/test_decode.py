@@ -187,6 +187,49 @@ def test_batched_prompts_of_different_lengths_match_single_ones(norm):
         torch.testing.assert_close(single.logits[0], batch.logits[b], **TOL)
 
 
+@pytest.mark.parametrize("norm, exit_layer", [("post", 1), ("pre", 1), ("pre", 2)])
+def test_grouped_schedule_gives_every_row_its_lockstep_output(norm, exit_layer):
+    model = tiny_model(norm)
+    g = torch.Generator().manual_seed(6)
+    prompts = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (3, 11, 6, 1, 8)]
+    with torch.no_grad():
+        threshold = middle_threshold(exit_confidence(model, torch.tensor([prompts[1]]), exit_layer))
+    lockstep = generate(model, prompts, 17, threshold=threshold, exit_layer=exit_layer)
+    grouped = generate(model, prompts, 17, threshold=threshold, exit_layer=exit_layer, schedule="grouped")
+    assert (grouped.layers == exit_layer).any() and (grouped.layers == LAYERS).any()
+    assert torch.equal(grouped.tokens, lockstep.tokens)
+    assert torch.equal(grouped.layers, lockstep.layers)
+    torch.testing.assert_close(grouped.logits, lockstep.logits, **TOL)
+    one = generate(model, [prompts[2]], 17, threshold=threshold, exit_layer=exit_layer, schedule="grouped")
+    assert torch.equal(one.tokens[0], lockstep.tokens[2])
+
+
+def test_grouped_schedule_runs_the_deeper_layers_once_for_all_waiting_rows():
+    model = tiny_model("pre")
+    prompts = torch.randint(0, VOCAB, (6, 5), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        threshold = middle_threshold(exit_confidence(model, prompts))
+    calls = {}
+    for schedule in ("lockstep", "grouped"):
+        calls[schedule] = 0
+        hook = model.blocks[LAYERS - 1].ffn.register_forward_hook(
+            lambda *_, s=schedule: calls.__setitem__(s, calls[s] + 1))
+        gen = generate(model, prompts, 20, threshold=threshold, schedule=schedule)
+        hook.remove()
+    deep = gen.layers[:, 1:] == LAYERS  # tokens 1..N-1: each needed one pass of the deeper layers after the prefill
+    prefill = calls["lockstep"] - int(deep.any(dim=0).sum())  # lockstep: one pass per step with any deep row
+    assert prefill in (0, 1)
+    # grouped: a row's deep tokens need a pass each, but one pass serves every waiting row
+    assert int(deep.sum(dim=1).max()) <= calls["grouped"] - prefill < calls["lockstep"] - prefill
+    # threshold 0: nothing waits, the deeper layers never run; None: the lockstep full-depth model
+    hook = model.blocks[LAYERS - 1].ffn.register_forward_hook(lambda *_: pytest.fail("a deeper layer ran"))
+    generate(model, prompts, 5, threshold=0.0, schedule="grouped")
+    hook.remove()
+    assert torch.equal(generate(model, prompts, 5, schedule="grouped").tokens, generate(model, prompts, 5).tokens)
+    with pytest.raises(ValueError, match="schedule"):
+        generate(model, prompts, 5, threshold=0.5, schedule="by-row")
+
+
 def test_eval_without_exits_equals_the_simulated_sweep():
     model = tiny_model("post")
     ids = torch.randint(0, VOCAB, (2 * 4 * 16 + 1,), generator=torch.Generator().manual_seed(6))

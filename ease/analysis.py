@@ -19,8 +19,13 @@ means retraining:
   exit, and `calibration`, whether Learn-then-Test's promise holds over many random calibration/test
   splits of the test text's blocks (`ease.calibrate.validity`).
 
+- `multi_exit` (runs with several `exits` and test text): the several-exit front on the test split:
+  one max-probability threshold shared by every exit, swept (simulated from one pass: each exit reads
+  the full forward's states), with the share answered at each layer, Compute% by layers and by
+  multiply-adds and per-block sums; real exit (state propagation across exits) at a few thresholds.
+
 An analysis is recomputed when ANALYSIS_VERSION changes, or, for a run with test text, when
-HELD_OUT_VERSION does (and the checkpoint is there).
+HELD_OUT_VERSION or (for a several-exit run) MULTI_EXIT_VERSION does (and the checkpoint is there).
 """
 from __future__ import annotations
 
@@ -49,6 +54,10 @@ BLOCK_SHALLOW = (0.25, 0.5)
 # Real exit on the whole test split costs a pass per threshold: the thresholds that span the Shallow% range
 # (0.0: everyone exits; at 100% compute the record's full-depth numbers are the answer).
 TEST_REAL_EXIT_THRESHOLDS = (0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 0.95)
+# Several exits: the shared thresholds of the simulated front (one pass for all) and of real exit (a pass each).
+MULTI_EXIT_VERSION = 1
+MULTI_EXIT_THRESHOLDS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01)
+MULTI_REAL_THRESHOLDS = (0.5, 0.8, 0.95)
 CALIBRATION_EPSILONS = (0.02, 0.05, 0.1)
 CALIBRATION_DELTA = 0.1
 CALIBRATION_SPLITS = 200
@@ -57,7 +66,12 @@ CALIBRATION_SPLITS = 200
 def wants_held_out(config: RunConfig) -> bool:
     """Whether a run's analysis has a `test` part: it has test text and its loss trains the exit layer."""
     return config.test_chars != 0 and config.exit_layer < config.n_layers and \
-        config.weights.get(config.exit_layer, 0.0) > 0
+        config.weights.get(config.exit_layer, 0.0) > 0 and not config.exits  # several exits: `multi_exit` instead
+
+
+def wants_multi_exit(config: RunConfig) -> bool:
+    """Whether a run's analysis has a `multi_exit` part: it has test text and names several exits."""
+    return config.test_chars != 0 and bool(config.exits)
 
 
 def load_analysis(config: RunConfig, results_dir: str | Path) -> dict | None:
@@ -69,6 +83,8 @@ def load_analysis(config: RunConfig, results_dir: str | Path) -> dict | None:
     if data.get("analysis_version") != ANALYSIS_VERSION:
         return None
     if wants_held_out(config) and data.get("test", {}).get("version") != HELD_OUT_VERSION:
+        return None
+    if wants_multi_exit(config) and data.get("multi_exit", {}).get("version") != MULTI_EXIT_VERSION:
         return None
     return data
 
@@ -104,6 +120,8 @@ def analyse(config: RunConfig, results_dir: str | Path, device: str = "cpu") -> 
                 out["samples"].append({"threshold": t, "prompt": d.prompt, "text": d.text, "layers": d.layers})
     if wants_held_out(config):
         out["test"] = held_out_analysis(model, corpus.test_ids, config, dev)
+    if wants_multi_exit(config):
+        out["multi_exit"] = multi_exit_analysis(model, corpus.test_ids, config, dev)
     out["env"] = environment(dev)
     return out
 
@@ -157,3 +175,35 @@ def ensure_analysis(config: RunConfig, results_dir: str | Path, device: str = "c
     data = analyse(config, results_dir, device)
     write_json(analysis_path(results_dir, config.run_id), data)
     return data
+
+
+def multi_exit_analysis(model, test_ids: torch.Tensor, config: RunConfig, dev) -> dict:
+    """The `multi_exit` part of an analysis (see the module docstring); blocks as in the run's record. Layers
+    are JSON keys, so they are written as strings."""
+    from ease.decode import multi_exit_eval, multi_exit_macs
+    from ease.exits import collect_multi_exit_stats, first_exit, route_multi
+
+    exits, L = config.exits, config.n_layers
+    layers = (*exits, L)
+    test_x, test_y = make_batches(test_ids, config.seq_len, config.batch_size)
+    stats = collect_multi_exit_stats(model, test_x, test_y, exits, dev)
+    bounds = block_bounds(len(stats), TEST_BLOCKS)
+    macs = multi_exit_macs(model.cfg, exits)
+    out = {"version": MULTI_EXIT_VERSION, "exits": list(exits), "tokens": len(stats), "blocks": TEST_BLOCKS,
+           "block_tokens": per_block(torch.ones(len(stats)), bounds),
+           "layer_block_ce": {str(layer): per_block(stats.ce[i], bounds) for i, layer in enumerate(layers)},
+           "macs": {str(k): v for k, v in macs.items()}, "sweep": [], "real": []}
+    for t in MULTI_EXIT_THRESHOLDS:
+        routed = route_multi(stats, t)
+        where = first_exit(stats.confidence, routed["thresholds"])
+        out["sweep"].append({
+            "threshold": t, "ppl": routed["ppl"], "compute_frac": routed["compute_frac"],
+            "shares": {str(k): v for k, v in routed["shares"].items()},
+            "flop_compute_frac": sum(share * macs[k] for k, share in routed["shares"].items()) / macs["full"],
+            "block_ce": per_block(stats.ce.gather(0, where[None].long()).squeeze(0), bounds),
+            "block_layers": {str(layer): per_block(where == i, bounds) for i, layer in enumerate(layers)}})
+    for t in MULTI_REAL_THRESHOLDS:
+        real = multi_exit_eval(model, test_x.to(dev), test_y.to(dev), exits, t, n_blocks=TEST_BLOCKS)
+        out["real"].append({"threshold": t, **real, "shares": {str(k): v for k, v in real["shares"].items()},
+                            "block_layers": {str(k): v for k, v in real["block_layers"].items()}})
+    return out

@@ -29,7 +29,7 @@ CALIBRATION_RISKS = ("inconsistency", "ppl_increase")  # see ease.calibrate
 LATER_FIELDS = {"lr_schedule": "constant", "sweep_weights": "best", "compile": False, "test_chars": 0,
                 "select_on": "deep", "calibrate": False, "calibration_risk": "inconsistency",
                 "calibration_epsilon": 0.05, "calibration_delta": 0.1, "calibration_chars": 200_000,
-                "layer_dropout": 0.0, "distill": 0.0, "exit_warmup": 0, "train_propagation": False}
+                "layer_dropout": 0.0, "distill": 0.0, "exit_warmup": 0, "train_propagation": False, "exits": []}
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,10 @@ class RunConfig:
     distill: float = 0.0
     exit_warmup: int = 0
     train_propagation: bool = False
+    # several exits: the exit layers of a model studied with several (increasing, each below the last layer); the
+    # run's analysis then adds the several-exit sweep on test text (ease.analysis.multi_exit_analysis). Empty: one
+    # exit, `exit_layer`, as everywhere else
+    exits: tuple[int, ...] = ()
     # early exit
     exit_layer: int = 1
     threshold: float = 0.95  # the operating threshold (with `calibrate`: the one per-epoch numbers use)
@@ -172,6 +176,14 @@ class RunConfig:
         for t in sweep:
             _check_threshold(t, "sweep_thresholds entry")
         object.__setattr__(self, "sweep_thresholds", tuple(sorted({float(t) for t in sweep})))
+        if isinstance(self.exits, (str, bytes)) or not hasattr(self.exits, "__iter__"):
+            fail(f"exits must be a list of layers, got {self.exits!r}")
+        exits = tuple(self.exits)
+        if exits and (any(isinstance(e, bool) or not isinstance(e, int) for e in exits) or list(exits) != sorted(set(exits))
+                      or exits[0] < 1 or exits[-1] >= self.n_layers):
+            fail(f"exits must be increasing whole layers within 1..{self.n_layers - 1} (the last layer always answers), "
+                 f"got {list(exits)}")
+        object.__setattr__(self, "exits", exits)
         # ints and floats of equal value must hash to the same run_id (threshold=1 is threshold=1.0)
         for name in ("threshold", "lr", "grad_clip", "calibration_epsilon", "calibration_delta", "layer_dropout",
                      "distill"):
@@ -201,6 +213,7 @@ class RunConfig:
         d = dataclasses.asdict(self)
         d["weights"] = {str(k): v for k, v in self.weights.items()}
         d["sweep_thresholds"] = list(self.sweep_thresholds)
+        d["exits"] = list(self.exits)
         return d
 
     @classmethod
@@ -215,8 +228,9 @@ class RunConfig:
         if unknown:
             raise ValueError(f"RunConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
         d = dict(d)
-        if isinstance(d.get("sweep_thresholds"), list):
-            d["sweep_thresholds"] = tuple(d["sweep_thresholds"])
+        for name in ("sweep_thresholds", "exits"):
+            if isinstance(d.get(name), list):
+                d[name] = tuple(d[name])
         if d.get("setting", "A") != "custom" and d.get("weights") is not None:
             derived = cls(**{**d, "weights": None})
             if _same_weights(d["weights"], derived.weights):

@@ -409,9 +409,11 @@ def multi_exit_macs(cfg: ModelConfig, exits: Iterable[int]) -> dict[int, float]:
 
 
 def multi_exit_eval(model: EarlyExitLM, inputs: torch.Tensor, targets: torch.Tensor, exits: Iterable[int],
-                    thresholds) -> dict:
+                    thresholds, n_blocks: int | None = None) -> dict:
     """Real early exit with several exits over batches [n_batches, B, T]: PPL, the share of tokens answered
-    at each exit and at the last layer, and Compute % by layer count and by multiply-adds (`multi_exit_macs`)."""
+    at each exit and at the last layer (keyed by layer), and Compute % by layer count and by
+    multiply-adds (`multi_exit_macs`). With `n_blocks`, the CE sums and the token counts answered at each
+    layer of that many contiguous blocks of tokens (`block_ce`, `block_layers`), as `real_exit_eval`."""
     from ease.exits import check_exits
 
     exits = check_exits(exits, model.cfg.n_layers)
@@ -423,13 +425,18 @@ def multi_exit_eval(model: EarlyExitLM, inputs: torch.Tensor, targets: torch.Ten
         ce.append(_token_ce(out["logits"], y))
         where.append(out["layers"].reshape(-1))
     model.train(was_training)
-    where = torch.cat(where)
+    where, ce = torch.cat(where).cpu(), torch.cat(ce).cpu()
     L = model.cfg.n_layers
     shares = {layer: (where == layer).double().mean().item() for layer in (*exits, L)}
     macs = multi_exit_macs(model.cfg, exits)
-    return {"ppl": math.exp(torch.cat(ce).double().mean().item()), "shares": shares,
-            "compute_frac": sum(share * layer / L for layer, share in shares.items()),
-            "flop_compute_frac": sum(share * macs[layer] for layer, share in shares.items()) / macs["full"]}
+    out = {"ppl": math.exp(ce.double().mean().item()), "shares": shares,
+           "compute_frac": sum(share * layer / L for layer, share in shares.items()),
+           "flop_compute_frac": sum(share * macs[layer] for layer, share in shares.items()) / macs["full"]}
+    if n_blocks is not None:
+        bounds = block_bounds(ce.numel(), n_blocks)
+        out["block_ce"] = per_block(ce, bounds)
+        out["block_layers"] = {layer: [round(v) for v in per_block(where == layer, bounds)] for layer in (*exits, L)}
+    return out
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -51,6 +51,7 @@ GRIDS_PACKAGE = "ease.grids"
 # notebooks in the book's appendix; the others need their records and analyses.
 BOOK_GRIDS = ("exp5-6", "forensics", "dense", "regimes", "alpha", "converged")
 GRID_KEYS = {"description", "seeds", "base", "runs", "analyse"}
+LIST_FIELDS = ("sweep_thresholds", "exits")  # RunConfig fields whose one value is a list: a list of lists is the choice
 
 
 class GridError(ValueError):
@@ -121,11 +122,11 @@ def _grid_seeds(value: Any) -> list[int]:
 
 
 def _expand_entry(fields: dict[str, Any]) -> list[dict[str, Any]]:
-    """The product of an entry's list values (a list of numbers for sweep_thresholds is one value)."""
+    """The product of an entry's list values (a list of numbers for sweep_thresholds or exits is one value)."""
     choices = {}
     for key, value in fields.items():
         is_choice = isinstance(value, list)
-        if key == "sweep_thresholds":
+        if key in LIST_FIELDS:
             is_choice = isinstance(value, list) and bool(value) and all(isinstance(v, list) for v in value)
         if is_choice and not value:
             raise GridError(f"{key} is an empty list, which expands to no runs")

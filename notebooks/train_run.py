@@ -80,6 +80,7 @@ layer_dropout = None
 distill = None
 exit_warmup = None
 train_propagation = None
+exits = None  # several exits (a list of layers below the last): the analysis adds their sweep on test text
 # early exit: exit at `exit_layer` when its max softmax probability >= threshold
 exit_layer = None
 threshold = None

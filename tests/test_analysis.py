@@ -80,3 +80,62 @@ def test_an_analysis_without_its_held_out_part_is_outdated(tmp_path):
     assert analysis.load_analysis(CONFIG, tmp_path) is None
     write_json(analysis_path(tmp_path, CONFIG.run_id), {**base, "test": {"version": analysis.HELD_OUT_VERSION}})
     assert analysis.load_analysis(CONFIG, tmp_path) is not None
+
+
+# --- several exits -------------------------------------------------------------------------------------
+MULTI = RunConfig(setting="custom", alpha=None, weights={1: 0.3, 2: 0.3, 4: 1.0}, n_layers=4, exits=(1, 2),
+                  seq_len=16, batch_size=8, dim=32, n_heads=4, test_chars=-1)
+
+
+@pytest.fixture(scope="module")
+def multi():
+    torch.manual_seed(1)
+    model = EarlyExitLM(ModelConfig(vocab_size=VOCAB, n_layers=4, dim=32, n_heads=4)).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(6)
+    ids = torch.arange(TEST_BLOCKS * 16 * 8 + 50) * 5 % VOCAB
+    ids[::3] = torch.randint(0, VOCAB, ids[::3].shape, generator=torch.Generator().manual_seed(2))
+    out = analysis.multi_exit_analysis(model, ids, MULTI, torch.device("cpu"))
+    x, y = make_batches(ids, MULTI.seq_len, MULTI.batch_size)
+    return out, model, x, y
+
+
+def test_the_several_exit_front_runs_from_the_first_exit_to_the_full_model(multi):
+    out, model, x, y = multi
+    by = {row["threshold"]: row for row in out["sweep"]}
+    tokens = sum(out["block_tokens"])
+    assert tokens == out["tokens"] == y.numel()
+    with torch.no_grad():
+        logits = model(x.reshape(-1, x.size(-1)), layers=(1, 4))
+    ce = {k: torch.nn.functional.cross_entropy(v.reshape(-1, VOCAB), y.reshape(-1)).item() for k, v in logits.items()}
+    # threshold 0: every token leaves at the first exit; above 1: nobody leaves (the full model)
+    assert by[0.0]["shares"]["1"] == 1.0 and by[0.0]["ppl"] == pytest.approx(math.exp(ce[1]), rel=1e-5)
+    assert by[1.01]["shares"]["4"] == 1.0 and by[1.01]["ppl"] == pytest.approx(math.exp(ce[4]), rel=1e-5)
+    assert by[1.01]["flop_compute_frac"] > 1.0  # the full model plus the heads that decided at each exit
+    for row in out["sweep"]:  # per-block sums give each point exactly, and the shares add up
+        assert math.exp(sum(row["block_ce"]) / tokens) == pytest.approx(row["ppl"], rel=1e-9)
+        assert sum(sum(v) for v in row["block_layers"].values()) == pytest.approx(tokens)
+        assert sum(row["shares"].values()) == pytest.approx(1.0)
+    computes = [row["compute_frac"] for row in out["sweep"]]
+    assert computes == sorted(computes)  # a higher shared threshold keeps more tokens deeper
+
+
+def test_real_several_exit_rows_beside_the_simulated_front(multi):
+    out, *_ = multi
+    simulated = {row["threshold"]: row for row in out["sweep"]}
+    for row in out["real"]:
+        # the first exit reads the same states in both: the same tokens leave there
+        assert row["shares"]["1"] == pytest.approx(simulated[row["threshold"]]["shares"]["1"], abs=1e-12)
+        assert math.exp(sum(row["block_ce"]) / out["tokens"]) == pytest.approx(row["ppl"], rel=1e-9)
+
+
+def test_a_several_exit_analysis_without_its_part_is_outdated(tmp_path):
+    assert analysis.wants_multi_exit(MULTI) and not analysis.wants_multi_exit(MULTI.replace(test_chars=0))
+    assert not analysis.wants_multi_exit(CONFIG)
+    base = {"run_id": MULTI.run_id, "analysis_version": analysis.ANALYSIS_VERSION}
+    write_json(analysis_path(tmp_path, MULTI.run_id), base)
+    assert analysis.load_analysis(MULTI, tmp_path) is None
+    write_json(analysis_path(tmp_path, MULTI.run_id),
+               {**base, "test": {"version": analysis.HELD_OUT_VERSION},
+                "multi_exit": {"version": analysis.MULTI_EXIT_VERSION}})
+    assert analysis.load_analysis(MULTI, tmp_path) is not None

@@ -185,6 +185,19 @@ def test_dim_must_split_into_even_heads(dim, heads):
         RunConfig(dim=dim, n_heads=heads)
 
 
+@pytest.mark.parametrize("exits", [(3,), (0, 1), (2, 1), (1, 1), (1.0,), "12", 2])
+def test_bad_exits(exits):
+    with pytest.raises(ValueError, match="exits must be"):
+        RunConfig(n_layers=3, exits=exits)
+
+
+def test_exits_round_trip_and_keep_old_ids():
+    config = RunConfig(setting="custom", alpha=None, weights={2: 0.5, 4: 0.5, 6: 1.0}, n_layers=6, exits=[2, 4])
+    assert config.exits == (2, 4)
+    assert RunConfig.from_dict(config.to_dict()) == config
+    assert RunConfig().run_id == RunConfig(exits=()).run_id  # no exits: the id of every earlier record
+
+
 def test_bad_norm():
     with pytest.raises(ValueError, match="norm must be one of \\('post', 'pre'\\), got 'mid'"):
         RunConfig(norm="mid")
@@ -300,6 +313,7 @@ FIELD_CHANGES = {
     "lr_schedule": "cosine", "sweep_weights": "last", "compile": True, "test_chars": 1000, "select_on": "objective",
     "calibrate": True, "calibration_risk": "ppl_increase", "calibration_epsilon": 0.1, "calibration_delta": 0.2,
     "calibration_chars": 1000, "layer_dropout": 0.2, "distill": 0.5, "exit_warmup": 3, "train_propagation": True,
+    "exits": (1, 2),
 }
 
 

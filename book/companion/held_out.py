@@ -422,9 +422,11 @@ def steadiness_case(ms: dict[str, Model]) -> str:
 
 
 def convergence_figure(ms: dict[str, Model], lang: str, check: dict[str, Model] | None = None):
-    """Each model's validation loss of its own objective by epoch (mean over seeds): at the budget, and beside
-    it at twice the budget (the check's seeds) when there is a check."""
+    """Each model's validation loss of its own objective per unit of loss weight by epoch (mean over seeds): at
+    the budget, and beside it at twice the budget (the check's seeds) when there is a check."""
     import matplotlib.pyplot as plt
+
+    from matplotlib.ticker import MaxNLocator
 
     words = core.labels(lang)["held_out"]
     panels = [ms] if check is None else [ms, check]
@@ -432,11 +434,14 @@ def convergence_figure(ms: dict[str, Model], lang: str, check: dict[str, Model] 
         fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels) ** 0.7, 4), sharey=True, squeeze=False)
         for ax, group in zip(axes[0], panels):
             for i, (key, m) in enumerate(group.items()):
-                curves = np.array([[h["val_objective"] for h in r["history"]] for r in m.records])
+                # per unit of loss weight, so that B's three-layer objective sits on the others' scale
+                weight = sum(m.records[0]["config"]["weights"].values())
+                curves = np.array([[h["val_objective"] for h in r["history"]] for r in m.records]) / weight
                 x = np.arange(1, curves.shape[1] + 1)
                 style = {"linestyle": "--"} if m.dense else {}
                 ax.plot(x, curves.mean(0), label=model_name(key, lang), color=_color(key, i), **style)
             ax.set(xlabel=words["epoch"], title=words["budget_panel"].format(epochs=epochs(next(iter(group.values())))))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[0][0].set_ylabel(words["val_objective"])
         axes[0][0].legend(fontsize=8, ncols=2)
         fig.tight_layout()

@@ -286,6 +286,9 @@ def test_sampling_is_reproducible_with_a_seeded_generator():
     assert not torch.equal(sample(0), sample(1))
     top1 = sample(2, top_k=1)  # only the most likely token can be drawn: greedy decoding
     assert torch.equal(top1, generate(model, prompts, 16, threshold=0.5).tokens)
+    # the grouped schedule draws in another order, but just as reproducibly
+    assert torch.equal(sample(0, schedule="grouped"), sample(0, schedule="grouped"))
+    assert torch.equal(sample(2, top_k=1, schedule="grouped"), top1)
 
 
 def test_decode_text_round_trip():

@@ -178,12 +178,14 @@ class RunConfig:
         object.__setattr__(self, "sweep_thresholds", tuple(sorted({float(t) for t in sweep})))
         if isinstance(self.exits, (str, bytes)) or not hasattr(self.exits, "__iter__"):
             fail(f"exits must be a list of layers, got {self.exits!r}")
-        exits = tuple(self.exits)
-        if exits and (any(isinstance(e, bool) or not isinstance(e, int) for e in exits) or list(exits) != sorted(set(exits))
-                      or exits[0] < 1 or exits[-1] >= self.n_layers):
-            fail(f"exits must be increasing whole layers within 1..{self.n_layers - 1} (the last layer always answers), "
-                 f"got {list(exits)}")
-        object.__setattr__(self, "exits", exits)
+        if self.exits:
+            from ease.exits import check_exits  # the one rule for exit layers (imports torch: only when asked)
+            try:
+                object.__setattr__(self, "exits", check_exits(self.exits, self.n_layers))
+            except ValueError as exc:
+                fail(str(exc))
+        else:
+            object.__setattr__(self, "exits", ())
         # ints and floats of equal value must hash to the same run_id (threshold=1 is threshold=1.0)
         for name in ("threshold", "lr", "grad_clip", "calibration_epsilon", "calibration_delta", "layer_dropout",
                      "distill"):

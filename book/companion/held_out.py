@@ -10,7 +10,7 @@ number is read, and their family-wise error is controlled with Holm's procedure.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Callable, Sequence
 
 import numpy as np
@@ -350,8 +350,8 @@ def check_models(vocab_size: int, results=None, grid: str = CHECK_GRID) -> dict[
     """The 2x-budget grid's models over the seeds it has finished for every model (None while fewer than
     MIN_CHECK_SEEDS); its analyses are not read, so the vocabulary size is the converged grid's (same text)."""
     records = core.grid_records(grid, results, partial=True)
-    keys = [*(f"{s}{a:g}" for s, a in EARLY_EXIT), *(f"dense{d}" for d in DENSE)]
-    by_key = {key: _select_key(records, key) for key in keys}
+    by_key = {f"{s}{a:g}": _finished(records, setting=s, alpha=a) for s, a in EARLY_EXIT}
+    by_key.update({f"dense{d}": _finished(records, setting="custom", n_layers=d) for d in DENSE})
     seeds = set.intersection(*({r["config"]["seed"] for r in recs} for recs in by_key.values()))
     if len(seeds) < MIN_CHECK_SEEDS:
         return None
@@ -359,10 +359,8 @@ def check_models(vocab_size: int, results=None, grid: str = CHECK_GRID) -> dict[
             for key, recs in by_key.items()}
 
 
-def _select_key(records: Sequence[dict], key: str) -> list[dict]:
-    """A model's records among a grid's (none yet: [])."""
-    fields = {"setting": "custom", "n_layers": int(key[5:])} if key.startswith("dense") else \
-        {"setting": key[0], "alpha": float(key[1:])}
+def _finished(records: Sequence[dict], **fields) -> list[dict]:
+    """The records with these config fields among a running grid's (none yet: [])."""
     try:
         return core.select(records, **fields)
     except LookupError:
@@ -635,15 +633,21 @@ def texts(ms: dict[str, Model], comps: Sequence[Comparison]) -> dict[str, str]:
            "ho_block_tokens": f"{int(a7.tokens.mean()):,}", "ho_replicates": f"{REPLICATES:,}",
            "ho_alpha": f"{FAMILY_ALPHA:g}", "ho_n_primary": str(len(comps)),
            "ho_real_thresholds": ", ".join(f"{t:g}" for t in real_thresholds(a7)),
-           "ho_twice_epochs": str(expand_grid(load_grid(CHECK_GRID))[0].max_epochs)}
+           "ho_twice_epochs": str(planned_check()[0].max_epochs)}
     return out
+
+
+@cache
+def planned_check() -> list:
+    """The configs of the 2x-budget grid, run or not (its budget and seeds as planned)."""
+    return expand_grid(load_grid(CHECK_GRID))
 
 
 def convergence_values(ms: dict[str, Model], check: dict[str, Model] | None, lang: str) -> dict[str, str]:
     """The numbers the convergence sentences are filled with: the largest epoch-to-epoch rise of a validation
     loss (and whose), how many seeds the check has (of how many) and the budget's epochs."""
     key, rise = largest_rise(ms)
-    planned = expand_grid(load_grid(CHECK_GRID))
+    planned = planned_check()
     return {"rise": f"{rise:.4f}", "model": model_name(key, lang),
             "seeds": str(len(next(iter(check.values())).records) if check else 0),
             "planned": str(len({c.seed for c in planned})), "epochs": str(epochs(ms["A0.7"]))}

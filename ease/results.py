@@ -217,13 +217,20 @@ def kept_val_objective(record: dict) -> float:
 
 
 def choose_budget(by_budget: dict[int, list[dict]]) -> int:
-    """The training budget (a key, e.g. epochs) whose runs have the lowest mean validation loss of their own
-    objective at the kept epoch, over the seeds that every budget has: the budget is chosen like any other
-    hyperparameter, on validation text, never on test text."""
-    seeds = set.intersection(*({r["config"]["seed"] for r in recs} for recs in by_budget.values()))
-    if not seeds:
-        raise ValueError(f"the budgets {sorted(by_budget)} have no seed in common; nothing to compare")
+    """The training budget (a key, e.g. epochs) chosen on validation text, never on test text: starting from the
+    smallest, move to the next larger budget while its runs' mean validation loss of their own objective at the
+    kept epoch is lower, each step compared over the seeds both budgets have (a larger budget often has fewer
+    seeds finished; the step that decides uses every seed it can)."""
+    budgets = sorted(by_budget)
+    chosen = budgets[0]
+    for larger in budgets[1:]:
+        seeds = set.intersection(*({r["config"]["seed"] for r in by_budget[b]} for b in (chosen, larger)))
+        if not seeds:
+            raise ValueError(f"the budgets {chosen} and {larger} have no seed in common; nothing to compare")
 
-    def mean_loss(budget: int) -> float:
-        return sum(kept_val_objective(r) for r in by_budget[budget] if r["config"]["seed"] in seeds) / len(seeds)
-    return min(sorted(by_budget), key=mean_loss)
+        def mean_loss(budget: int) -> float:
+            return sum(kept_val_objective(r) for r in by_budget[budget] if r["config"]["seed"] in seeds) / len(seeds)
+        if mean_loss(larger) >= mean_loss(chosen):
+            break
+        chosen = larger
+    return chosen

@@ -166,9 +166,9 @@ def test_budget_check_says_converged_or_moved(chapter, tmp_path):
         grid = grid_file(tmp_path, name, 2, {**BASE, "max_epochs": 4, "patience": 4}, RUNS)
         write_grid(folder, grid, {k: v + shift for k, v in OFFSETS.items()})
         check = held_out.check_models(50, folder, grid)
-        rows = held_out.budget_check(ms, check)
+        rows = held_out.budget_check(ms, [check])
         assert held_out.cases(comps, rows)["budget"] == expected
-        assert held_out.cases(comps, rows, chosen=True)["budget"] == ("converged" if shift == 0 else "chosen")
+        assert held_out.cases(comps, rows, "chosen")["budget"] == ("converged" if shift == 0 else "chosen")
     assert held_out.check_models(50, folder, grid_file(tmp_path, "absent", 2, {**BASE, "max_epochs": 9}, RUNS)) \
         is None
     assert held_out.cases(comps, None)["budget"] == "pending"
@@ -197,10 +197,11 @@ def test_each_model_is_read_at_the_budget_its_validation_loss_chooses(chapter, t
     # at twice the budget the 1-layer dense model is much better, on validation and test; every other worse
     write_grid(folder, grid, {k: v - 0.2 if k == "dense1" else v + 0.05 for k, v in OFFSETS.items()})
     check = held_out.check_models(50, folder, grid)
-    rows = held_out.budget_check(ms, check)
+    rows = held_out.budget_check(ms, [check])
     assert {r["key"]: r["chosen"] for r in rows} == {key: 4 if key == "dense1" else 2 for key in ms}
-    chosen_ms, chosen = held_out.at_chosen_budgets(ms, rows, folder, grid)
-    assert chosen and chosen_ms["dense1"].records[0]["config"]["max_epochs"] == 4
+    chosen_ms, regime, waiting = held_out.at_chosen_budgets(ms, rows, folder, [grid])
+    assert (regime, waiting) == ("chosen", [])
+    assert chosen_ms["dense1"].records[0]["config"]["max_epochs"] == 4
     assert all(chosen_ms[k] is ms[k] for k in ms if k != "dense1")
     # the choice is made on validation loss: a model better on test text only keeps its budget
     grid2 = grid_file(tmp_path, "test-only", SEEDS, {**BASE, "max_epochs": 6, "patience": 6}, RUNS)
@@ -211,13 +212,54 @@ def test_each_model_is_read_at_the_budget_its_validation_loss_chooses(chapter, t
         for row in record["history"]:
             row["val_objective"] += 0.5  # worse on validation, better on test
         write_json(path, record)
-    rows2 = held_out.budget_check(ms, held_out.check_models(50, folder, grid2))
+    rows2 = held_out.budget_check(ms, [held_out.check_models(50, folder, grid2)])
     assert all(r["chosen"] == 2 for r in rows2)
     # while the check lacks a seed or an analysis, the converged grid's models stay
     held_out_analysis = analysis_path(folder, next(iter(check.values())).records[0]["run_id"])
     held_out_analysis.unlink()
-    assert held_out.at_chosen_budgets(ms, rows, folder, grid) == (ms, False)
-    assert held_out.at_chosen_budgets(ms, None, folder, grid) == (ms, False)
+    assert held_out.at_chosen_budgets(ms, rows, folder, [grid]) == (ms, "single", [])
+    assert held_out.at_chosen_budgets(ms, None, folder, [grid]) == (ms, "single", [])
+
+
+FOUR_RUNS = [{"setting": "A", "alpha": 0.7}, {"setting": "custom", "alpha": None, "n_layers": 1, "weights": {1: 1.0}}]
+
+
+@pytest.mark.parametrize("lang", ["en", "ja"])
+def test_the_budget_doubles_while_validation_improves_and_waits_for_a_running_grid(chapter, tmp_path, lang):
+    ms, comps, folder = chapter()
+    twice = grid_file(tmp_path, "twice3", SEEDS, {**BASE, "max_epochs": 4, "patience": 4}, RUNS)
+    # at twice the budget dense 1 and A 0.7 are better, every other model worse
+    write_grid(folder, twice, {k: v - (0.2 if k == "dense1" else 0.1 if k == "A0.7" else -0.05)
+                               for k, v in OFFSETS.items()})
+    four = grid_file(tmp_path, "four3", 3, {**BASE, "max_epochs": 8, "patience": 8}, FOUR_RUNS)
+    # at four times it dense 1 is better still, A 0.7 worse than at twice
+    write_grid(folder, four, {"dense1": OFFSETS["dense1"] - 0.4, "A0.7": OFFSETS["A0.7"]})
+    checks = held_out.all_checks(50, folder, [twice, four])
+    assert [list(c) for c in checks] == [list(ms), ["A0.7", "dense1"]]
+    rows = held_out.budget_check(ms, checks)
+    by = {r["key"]: r for r in rows}
+    assert {k: r["chosen"] for k, r in by.items()} == {**{k: 2 for k in ms}, "dense1": 8, "A0.7": 4}
+    assert by["dense1"]["dval"] == pytest.approx({4: -0.2, 8: -0.2})  # designed validation loss: 1 + offset
+    assert by["A0.7"]["dval"] == pytest.approx({4: -0.1, 8: 0.1}) and by["A0.3"]["dval"] == pytest.approx({4: 0.05})
+    models_, regime, waiting = held_out.at_chosen_budgets(ms, rows, folder, [twice, four])
+    assert (regime, waiting) == ("chosen", [])
+    assert {k: held_out.epochs(m) for k, m in models_.items()} == {**{k: 2 for k in ms}, "dense1": 8, "A0.7": 4}
+    assert held_out.cases(comps, rows, regime)["regime"] == "chosen"
+    table = held_out.budget_table(rows, lang).splitlines()
+    assert len(table) == 2 + len(ms) and table[0].count("|") == 2 + 3 + 1 + 1 + 1 + 2 + 1
+    assert "(3 " in table[0] or "3シード" in table[0]  # the larger budget's seeds in its header
+    assert held_out.convergence_figure(ms, lang, checks) is not None
+    # a seed of the 4x grid still running: dense 1 waits at the largest finished budget below its choice
+    from ease.grid import expand_grid, load_grid
+    for config in expand_grid(load_grid(four)):
+        if config.seed == 2 and config.setting == "custom":
+            record_path(folder, config.run_id).unlink()
+    checks = held_out.all_checks(50, folder, [twice, four])
+    rows = held_out.budget_check(ms, checks)
+    models_, regime, waiting = held_out.at_chosen_budgets(ms, rows, folder, [twice, four])
+    assert (regime, waiting) == ("waiting", ["dense1"]) and held_out.epochs(models_["dense1"]) == 4
+    values = held_out.convergence_values(ms, checks, waiting, lang)
+    assert values["waiting"] == held_out.model_name("dense1", lang) and values["checked"].startswith("4")
 
 
 @pytest.mark.parametrize("gain, expected", [(0.0, INCONCLUSIVE), (0.3, REPRODUCED), (-0.3, NOT_REPRODUCED)])
@@ -269,4 +311,4 @@ def test_a_rising_validation_loss_is_called_unsteady(chapter):
     assert held_out.steadiness_case(ms) == "steady"  # designed curves fall every epoch
     ms["dense2"].records[1]["history"][1]["val_objective"] += 1.5  # above epoch 1
     assert held_out.largest_rise(ms)[0] == "dense2" and held_out.steadiness_case(ms) == "unsteady"
-    assert held_out.convergence_values(ms, None, "en")["model"] == held_out.model_name("dense2", "en")
+    assert held_out.convergence_values(ms, [], [], "en")["model"] == held_out.model_name("dense2", "en")

@@ -625,6 +625,12 @@ def test_choose_budget_reads_the_kept_epochs_validation_loss_over_common_seeds()
     assert choose_budget({20: short, 40: worse}) == 20
     with pytest.raises(ValueError, match="no seed in common"):
         choose_budget({20: short[:1], 40: long_[1:]})
+    # three budgets: double while validation improves, each step over the seeds both budgets have
+    longer = [_budget_record(0, [2.0, 1.6])]  # seed 0 only: 1.6 against 40's seed-0 1.7
+    assert choose_budget({20: short, 40: long_, 80: longer}) == 80
+    assert choose_budget({20: short, 40: long_, 80: [_budget_record(0, [2.0, 1.72])]}) == 40
+    # a larger budget is not reached past one that does not improve, even if it would be lower still
+    assert choose_budget({20: short, 40: worse, 80: [_budget_record(0, [1.0]), _budget_record(1, [1.0])]}) == 20
     no_objective = {"run_id": "doc", "config": {"seed": 0}, "metrics": {"best_epoch": 1}, "history": [{"epoch": 1}]}
     with pytest.raises(ValueError, match="select_on"):
         kept_val_objective(no_objective)

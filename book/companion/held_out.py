@@ -26,7 +26,8 @@ from ease.stats import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Stat, TextAwar
 
 from companion import core
 
-GRID, CHECK_GRID = "converged", "converged-2x"
+GRID = "converged"
+CHECK_GRIDS = ("converged-2x", "converged-4x")  # its budget doubled, then doubled again
 OPERATING = 0.95  # the document's operating threshold
 EARLY_EXIT = (("A", 0.3), ("A", 0.5), ("A", 0.7), ("B", 0.7))
 DENSE = (1, 2, 3)
@@ -346,17 +347,39 @@ def best_alpha(ms: dict[str, Model], setting: str = "A") -> tuple[str, list[tupl
 MIN_CHECK_SEEDS = 2
 
 
-def check_models(vocab_size: int, results=None, grid: str = CHECK_GRID) -> dict[str, Model] | None:
-    """The 2x-budget grid's models over the seeds it has finished for every model (None while fewer than
-    MIN_CHECK_SEEDS); its analyses are not read, so the vocabulary size is the converged grid's (same text)."""
+@cache
+def planned(grid: str) -> list:
+    """The configs of a grid, run or not (its budget, models and seeds as planned)."""
+    return expand_grid(load_grid(grid))
+
+
+def planned_keys(grid: str) -> list[str]:
+    """The chapter's models that a grid plans, in the chapter's order."""
+    keys = {f"{c.setting}{c.alpha:g}" if c.setting in ("A", "B") else f"dense{c.n_layers}" for c in planned(grid)}
+    return [k for k in [f"{s}{a:g}" for s, a in EARLY_EXIT] + [f"dense{d}" for d in DENSE] if k in keys]
+
+
+def _selector(key: str) -> dict:
+    return {"setting": "custom", "n_layers": int(key[5:])} if key.startswith("dense") \
+        else {"setting": key[0], "alpha": float(key[1:])}
+
+
+def check_models(vocab_size: int, results=None, grid: str = CHECK_GRIDS[0]) -> dict[str, Model] | None:
+    """A larger-budget grid's models (those it plans) over the seeds it has finished for every one of them (None
+    while fewer than MIN_CHECK_SEEDS); its analyses are not read, so the vocabulary size is the converged
+    grid's (same text)."""
     records = core.grid_records(grid, results, partial=True)
-    by_key = {f"{s}{a:g}": _finished(records, setting=s, alpha=a) for s, a in EARLY_EXIT}
-    by_key.update({f"dense{d}": _finished(records, setting="custom", n_layers=d) for d in DENSE})
+    by_key = {key: _finished(records, **_selector(key)) for key in planned_keys(grid)}
     seeds = set.intersection(*({r["config"]["seed"] for r in recs} for recs in by_key.values()))
     if len(seeds) < MIN_CHECK_SEEDS:
         return None
     return {key: Model(key, [r for r in recs if r["config"]["seed"] in seeds], vocab_size)
             for key, recs in by_key.items()}
+
+
+def all_checks(vocab_size: int, results=None, grids: Sequence[str] = CHECK_GRIDS) -> list[dict[str, Model]]:
+    """Every larger-budget grid that has a check yet (check_models), smallest budget first."""
+    return [c for c in (check_models(vocab_size, results, g) for g in grids) if c is not None]
 
 
 def _finished(records: Sequence[dict], **fields) -> list[dict]:
@@ -371,36 +394,65 @@ def epochs(model: Model) -> int:
     return model.records[0]["config"]["max_epochs"]
 
 
-def budget_check(ms: dict[str, Model], check: dict[str, Model]) -> list[dict]:
-    """Per model: test PPL at the budget and at twice it (the check's seeds), their paired difference with its
-    text-aware interval, the half-width of the budget's own seed interval (all its seeds), the mean validation
-    loss of the model's own objective at each budget and the budget that it chooses (ease.results.choose_budget)."""
+def _on_seeds(model: Model, seeds: Sequence[int]) -> Model:
+    return Model(model.key, [r for r in model.records if r["config"]["seed"] in seeds], model.vocab_size)
+
+
+def budget_check(ms: dict[str, Model], checks: Sequence[dict[str, Model]]) -> list[dict]:
+    """Per model, at every budget it has (the converged grid's and each check's, smaller first): test PPL over
+    that budget's seeds ("ppl"); the change of the mean validation loss of the model's own objective from the
+    next smaller budget, over the seeds both have ("dval": the rule's step; below 0, the larger budget is
+    better); the paired difference of test PPL from the budget to the first check with its text-aware interval
+    ("diff") and the half-width of the budget's own seed interval; and the budget it chooses
+    (ease.results.choose_budget: double while validation improves)."""
     rows = []
-    for key, twice in check.items():
-        base = Model(key, [r for r in ms[key].records if r["config"]["seed"] in twice.seeds], ms[key].vocab_size)
-        core.paired(base.records, twice.records)
-        diff = text_aware_paired(ppl(base), ppl(twice), len(twice.records), len(twice.tokens), REPLICATES) \
-            if len(twice.records) > 1 else None
-        rows.append({"key": key, "budget": mean_ci(ppl(base)(None)), "twice": mean_ci(ppl(twice)(None)),
-                     "diff": diff, "budget_half": mean_ci(ppl(ms[key])(None)).half,
-                     "val": {epochs(m): float(np.mean([kept_val_objective(r) for r in m.records]))
-                             for m in (base, twice)},
-                     "chosen": choose_budget({epochs(base): base.records, epochs(twice): twice.records})})
+    for key, m in ms.items():
+        ladder = [m] + [c[key] for c in checks if key in c]
+        row = {"key": key, "ppl": {epochs(b): mean_ci(ppl(b)(None)) for b in ladder},
+               "seeds": {epochs(b): len(b.records) for b in ladder}, "val": float(np.mean([kept_val_objective(r)
+                                                                                      for r in m.records])),
+               "dval": {}, "diff": None, "budget_half": mean_ci(ppl(m)(None)).half,
+               "chosen": choose_budget({epochs(b): b.records for b in ladder})}
+        for smaller, larger in zip(ladder, ladder[1:]):
+            seeds = set(smaller.seeds) & set(larger.seeds)
+            row["dval"][epochs(larger)] = float(np.mean([kept_val_objective(r) for r in _on_seeds(larger, seeds).records])
+                                                - np.mean([kept_val_objective(r) for r in _on_seeds(smaller, seeds).records]))
+        if len(ladder) > 1 and len(ladder[1].records) > 1:
+            base, twice = _on_seeds(m, ladder[1].seeds), ladder[1]
+            core.paired(base.records, twice.records)
+            row["diff"] = text_aware_paired(ppl(base), ppl(twice), len(twice.records), len(twice.tokens), REPLICATES)
+        rows.append(row)
     return rows
 
 
 def at_chosen_budgets(ms: dict[str, Model], budget: Sequence[dict] | None, results=None,
-                      grid: str = CHECK_GRID) -> tuple[dict[str, Model], bool]:
-    """Each model at the budget its validation loss chooses, once the 2x grid has every seed and analysis;
-    until then the converged grid's models. Returns (models, whether the budgets were chosen)."""
+                      grids: Sequence[str] = CHECK_GRIDS) -> tuple[dict[str, Model], str, list[str]]:
+    """Each model at the budget its validation loss chooses, read from that budget's grid once the grid has
+    every seed and analysis. Returns (models, regime, waiting): regime "single" while no larger-budget grid is
+    complete (every model at the converged grid's budget), "chosen" when every model is at its chosen budget,
+    "waiting" when some chose a budget whose grid is still running; those (`waiting`) are read at the largest
+    complete budget below their choice."""
     if budget is None:
-        return ms, False
-    try:
-        twice = models(grid, results)
-    except LookupError:
-        return ms, False
-    return {key: twice[key] if row["chosen"] == epochs(twice[key]) else ms[key]
-            for key, row in ((r["key"], r) for r in budget)}, True
+        return ms, "single", []
+    complete = {}
+    for grid in grids:
+        try:
+            twice = models(grid, results, early_exit=[(k[0], float(k[1:])) for k in planned_keys(grid)
+                                                      if not k.startswith("dense")],
+                           dense=[int(k[5:]) for k in planned_keys(grid) if k.startswith("dense")])
+        except LookupError:
+            continue
+        complete[epochs(next(iter(twice.values())))] = twice
+    if not complete:
+        return ms, "single", []
+    out, waiting = {}, []
+    for row in budget:
+        key = row["key"]
+        at = {epochs(ms[key]): ms[key], **{e: group[key] for e, group in complete.items() if key in group}}
+        if row["chosen"] not in at:
+            waiting.append(key)
+        out[key] = at[max(e for e in at if e <= row["chosen"])]
+    return out, "waiting" if waiting else "chosen", waiting
 
 
 STEADY_RISE = 0.01  # nats: a validation loss that never rises by more than this from epoch to epoch is steady
@@ -419,25 +471,26 @@ def steadiness_case(ms: dict[str, Model]) -> str:
     return "steady" if largest_rise(ms)[1] <= STEADY_RISE else "unsteady"
 
 
-def convergence_figure(ms: dict[str, Model], lang: str, check: dict[str, Model] | None = None):
+def convergence_figure(ms: dict[str, Model], lang: str, checks: Sequence[dict[str, Model]] = ()):
     """Each model's validation loss of its own objective per unit of loss weight by epoch (mean over seeds): at
-    the budget, and beside it at twice the budget (the check's seeds) when there is a check."""
+    the budget, and beside it at each larger budget checked (its models, over its seeds)."""
     import matplotlib.pyplot as plt
 
     from matplotlib.ticker import MaxNLocator
 
     words = core.labels(lang)["held_out"]
-    panels = [ms] if check is None else [ms, check]
+    panels = [ms, *checks]
+    index = {key: i for i, key in enumerate(ms)}  # one colour per model in every panel
     with core.figure_style(lang):
-        fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels) ** 0.7, 4), sharey=True, squeeze=False)
+        fig, axes = plt.subplots(1, len(panels), figsize=(7.5 if len(panels) == 1 else 4.6 * len(panels), 4), sharey=True, squeeze=False)
         for ax, group in zip(axes[0], panels):
-            for i, (key, m) in enumerate(group.items()):
+            for key, m in group.items():
                 # per unit of loss weight, so that B's three-layer objective sits on the others' scale
                 weight = sum(m.records[0]["config"]["weights"].values())
                 curves = np.array([[h["val_objective"] for h in r["history"]] for r in m.records]) / weight
                 x = np.arange(1, curves.shape[1] + 1)
                 style = {"linestyle": "--"} if m.dense else {}
-                ax.plot(x, curves.mean(0), label=model_name(key, lang), color=_color(key, i), **style)
+                ax.plot(x, curves.mean(0), label=model_name(key, lang), color=_color(key, index[key]), **style)
             ax.set(xlabel=words["epoch"], title=words["budget_panel"].format(epochs=epochs(next(iter(group.values())))))
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[0][0].set_ylabel(words["val_objective"])
@@ -554,16 +607,26 @@ def equal_compute_table(rows, lang: str) -> str:
 
 
 def budget_table(rows: Sequence[dict], lang: str) -> str:
+    """A row per model: test PPL at each budget (its seeds in the header), the first doubling's paired test PPL
+    difference, the budget's own half-width, the validation loss at the budget and its change at each doubling
+    (the rule's steps), and the chosen budget."""
     h = core.labels(lang)["held_out"]["table"]
+    budgets = sorted({e for row in rows for e in row["ppl"]})
+    seeds = {e: max(row["seeds"].get(e, 0) for row in rows) for e in budgets}
     out = []
     for row in rows:
         d = row["diff"]
-        out.append({h["model"]: model_name(row["key"], lang), h["budget"]: core.fmt_stat(row["budget"], "ppl"),
-                    h["twice"]: core.fmt_stat(row["twice"], "ppl"),
-                    h["text_interval"]: "—" if d is None else f"{d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]",
-                    h["budget_half"]: f"±{row['budget_half']:.3f}",
-                    **{h["val_at"].format(epochs=e): f"{v:.4f}" for e, v in row["val"].items()},
-                    h["chosen"]: str(row["chosen"])})
+        line = {h["model"]: model_name(row["key"], lang)}
+        line.update({h["ppl_at"].format(epochs=e, seeds=seeds[e]):
+                     core.fmt_stat(row["ppl"][e], "ppl") if e in row["ppl"] else "—" for e in budgets})
+        line[h["ppl_step"].format(epochs=budgets[1], previous=budgets[0])] = \
+            "—" if d is None else f"{d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]"
+        line[h["budget_half"]] = f"±{row['budget_half']:.3f}"
+        line[h["val_at"].format(epochs=budgets[0])] = f"{row['val']:.4f}"
+        line.update({h["val_step"].format(epochs=e, previous=p): f"{row['dval'][e]:+.4f}" if e in row["dval"] else "—"
+                     for p, e in zip(budgets, budgets[1:])})
+        line[h["chosen"]] = str(row["chosen"])
+        out.append(line)
     return core.markdown_table(pd.DataFrame(out))
 
 
@@ -633,39 +696,39 @@ def texts(ms: dict[str, Model], comps: Sequence[Comparison]) -> dict[str, str]:
            "ho_block_tokens": f"{int(a7.tokens.mean()):,}", "ho_replicates": f"{REPLICATES:,}",
            "ho_alpha": f"{FAMILY_ALPHA:g}", "ho_n_primary": str(len(comps)),
            "ho_real_thresholds": ", ".join(f"{t:g}" for t in real_thresholds(a7)),
-           "ho_twice_epochs": str(planned_check()[0].max_epochs)}
+           "ho_twice_epochs": str(planned(CHECK_GRIDS[0])[0].max_epochs),
+           "ho_four_epochs": str(planned(CHECK_GRIDS[1])[0].max_epochs)}
     return out
 
 
-@cache
-def planned_check() -> list:
-    """The configs of the 2x-budget grid, run or not (its budget and seeds as planned)."""
-    return expand_grid(load_grid(CHECK_GRID))
-
-
-def convergence_values(ms: dict[str, Model], check: dict[str, Model] | None, lang: str) -> dict[str, str]:
+def convergence_values(ms: dict[str, Model], checks: Sequence[dict[str, Model]], waiting: Sequence[str],
+                       lang: str) -> dict[str, str]:
     """The numbers the convergence sentences are filled with: the largest epoch-to-epoch rise of a validation
-    loss (and whose), how many seeds the check has (of how many) and the budget's epochs."""
+    loss (and whose), how many seeds the first check has (of how many planned), the budget's epochs, the larger
+    budgets checked so far and the models waiting for a budget whose grid is still running."""
     key, rise = largest_rise(ms)
-    planned = planned_check()
+    sep = core.labels(lang)["landing"]["list_sep"]
     return {"rise": f"{rise:.4f}", "model": model_name(key, lang),
-            "seeds": str(len(next(iter(check.values())).records) if check else 0),
-            "planned": str(len({c.seed for c in planned})), "epochs": str(epochs(ms["A0.7"]))}
+            "seeds": str(len(next(iter(checks[0].values())).records) if checks else 0),
+            "planned": str(len({c.seed for c in planned(CHECK_GRIDS[0])})), "epochs": str(epochs(ms["A0.7"])),
+            "checked": sep.join(str(epochs(next(iter(c.values())))) for c in checks),
+            "waiting": sep.join(model_name(k, lang) for k in waiting)}
 
 
-def cases(comps: Sequence[Comparison], budget: Sequence[dict] | None, chosen: bool = False) -> dict[str, str]:
+def cases(comps: Sequence[Comparison], budget: Sequence[dict] | None, regime: str = "single") -> dict[str, str]:
     """The case codes the page's sentences are chosen by. "budget": pending (no check yet), converged (no
-    model's test PPL moves by its budget's half-width), moved (one does; the check is still running), chosen
-    (one does, and each model is read at the budget its validation loss chooses)."""
+    model's test PPL moves by its budget's half-width at twice the budget), moved (one does; no larger budget's
+    grid is complete yet), chosen (one does, and models are read at the budgets their validation loss chooses).
+    "regime": at_chosen_budgets's."""
     by_code = {c.code: verdict(c) for c in comps}
     if budget is None:
         converged = "pending"
     elif all(r["diff"] is not None and abs(r["diff"].mean) < r["budget_half"] for r in budget):
         converged = "converged"
     else:
-        converged = "chosen" if chosen else "moved"
+        converged = "moved" if regime == "single" else "chosen"
     return {"depth": by_code["dense3_vs_dense1"], "ee": by_code["ee_vs_dense2"], "budget": converged,
-            "regime": "chosen" if chosen else "single"}
+            "regime": regime}
 
 
 def equal_counts(rows, prefix: str = "ho_eq") -> dict[str, str]:

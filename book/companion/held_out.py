@@ -455,6 +455,27 @@ def at_chosen_budgets(ms: dict[str, Model], budget: Sequence[dict] | None, resul
     return out, "waiting" if waiting else "chosen", waiting
 
 
+@dataclass
+class Regime:
+    """The book's primary regime: every model at the converged grid's budget (`base`), the larger-budget checks,
+    the budget table, and each model at the budget its validation loss chooses (`models`; `name` and `waiting`
+    as at_chosen_budgets returns them). Every chapter that reads the converged regime reads `models`."""
+
+    base: dict[str, Model]
+    checks: list[dict[str, Model]]
+    budget: list[dict] | None
+    models: dict[str, Model]
+    name: str
+    waiting: list[str]
+
+
+def primary_regime(results=None) -> Regime:
+    base = models(GRID, results)
+    checks = all_checks(base["A0.7"].vocab_size, results)
+    budget = budget_check(base, checks) if checks else None
+    return Regime(base, checks, budget, *at_chosen_budgets(base, budget, results))
+
+
 STEADY_RISE = 0.01  # nats: a validation loss that never rises by more than this from epoch to epoch is steady
 
 

@@ -107,6 +107,15 @@ BENCH = {"env": {"platform": "Linux-x", "torch": "2", "device": "cpu", "threads"
          "rows": [bench_row(1, None, 1.0, [1.0, 1.2, 0.8], 1.0), bench_row(1, 0.5, 0.5, [0.4, 0.5, 0.625], 0.9),
                   bench_row(16, None, 1.0, [2.0, 2.0, 2.0], 1.0), bench_row(16, 0.5, 0.5, [1.6, 1.6, 1.6], 0.6)]}
 BENCH["nearest_50"] = [BENCH["rows"][1], BENCH["rows"][3]]
+# speculative: full depth takes a median 1.0 s at batch 1, so draft 2 (0.5 s median) is 2x and draft 4 (0.8 s) 1.25x
+BENCH["speculative"] = [
+    {"model": "large", "n_layers": 12, "dim": 256, "setting": "custom", "alpha": None, "batch": 1, "draft": k,
+     "acceptance": acc, "tokens_per_pass": per, "tokens_per_s": 100.0, "speedup": 1.0 / median, "identical": True,
+     "times_s": [median * 0.9, median, median * 1.1]} for k, acc, per, median in ((2, 0.8, 2.2, 0.5), (4, 0.6, 2.8, 0.8))]
+BENCH["grouped"] = [{**{k: BENCH["rows"][3][k] for k in ("model", "n_layers", "dim", "batch", "threshold",
+                                                          "compute_frac")},
+                     "schedule": "grouped", "tokens_per_s": 100.0, "speedup": 1.7, "ratio": 0.85, "lockstep_ratio": 0.6,
+                     "identical": True, "times_s": [1.0, 2.0 / 1.7, 1.3]}]
 
 
 @pytest.fixture(scope="module")
@@ -424,6 +433,24 @@ def test_real_exit_gap_is_judged_by_seed(results):
     assert text["rx_large_speedup"] == "1.80×" and real_exit.texts(r, "ja")["rx_large_speedup"] == "1.80倍"
     assert text["rx_large_batch"] == "16: 1.20× / 2.00×"
     assert (r.target_case, r.batch_case) == ("meets", "shrinks")
+
+
+@pytest.mark.parametrize("lang", ["en", "ja"])
+def test_speculative_and_grouped_decoding_are_read_against_their_aims(results, lang):
+    r = real_exit.load(results)
+    assert r.best_draft["draft"] == 2 and r.spec_case == "meets"  # 2.00x against the aim of 1.5x
+    assert r.large_grouped["ratio"] == 0.85 and r.grouped_case == "meets"  # batch 16 at 85% against 80%
+    text = real_exit.texts(r, lang)
+    unit = "×" if lang == "en" else "倍"
+    assert (text["rx_spec_speedup"], text["rx_spec_accept"], text["rx_spec_draft"]) == (f"2.00{unit}", "80%", "2")
+    assert text["rx_spec_range"] == f"{1 / 0.55:.2f}{unit}–{1 / 0.45:.2f}{unit}"  # full-depth median over each run
+    assert (text["rx_grouped_ratio"], text["rx_lockstep_ratio"], text["rx_grouped_threshold"]) == ("85%", "60%", "0.5")
+    assert len(real_exit.speculative_table(r.bench, lang).splitlines()) == 2 + 2
+    assert len(real_exit.grouped_table(r.bench, lang).splitlines()) == 2 + 1
+    slow = {**r.bench, "speculative": [{**row, "speedup": 1.4} for row in r.bench["speculative"]],
+            "grouped": [{**row, "ratio": 0.79} for row in r.bench["grouped"]]}
+    r_slow = real_exit.RealExit(r.exp, r.a7, r.analyses, slow)
+    assert (r_slow.spec_case, r_slow.grouped_case) == ("misses", "misses")
 
 
 def test_bench_table_shows_the_spread_of_the_timed_runs():

@@ -3,7 +3,8 @@
 From the checkpoint analyses of the exp5-6 runs at α = 0.7: teacher-forced PPL with real and simulated
 exit at each threshold (`entry`), and their per-seed difference at threshold 0.5 judged by
 companion.judge (`gap`). From the decoding benchmark (results/bench/decode.json, written by
-benchmarks/bench_decode.py): measured speedups against the theoretical 1 / Compute.
+benchmarks/bench_decode.py): measured speedups against the theoretical 1 / Compute, of early exit with either
+batch schedule and of lossless self-speculative decoding.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from companion import core, judge
 A7, B7 = ("A", 0.7), ("B", 0.7)
 GAP_THRESHOLD = 0.5  # where the text compares real and simulated exit
 SPEED_TARGET = 0.7  # measured speedup as a share of the theoretical one that counts as "meets the target"
+SPEC_TARGET = 1.5  # the aim for lossless self-speculative decoding: the 12-layer model at batch 1
+BATCH_TARGET = 0.8  # the aim for batched early exit: batch 16 of the 12-layer model, share of 1 / Compute
 EXIT_COLOR = "#fdae6b"  # background of a character that exited early in the samples (the page's legend uses it)
 
 
@@ -84,6 +87,42 @@ def bench_table(bench: dict, lang: str) -> str:
                      h["speedup"]: f"{r['speedup']:.2f}× ({lo:.2f}–{hi:.2f})",
                      "1 / Compute": f"{r['theoretical_speedup']:.2f}×",
                      h["ratio"]: f"{100 * r['ratio']:.0f}%"})
+    return core.markdown_table(pd.DataFrame(rows))
+
+
+def model_label(row: dict, lang: str) -> str:
+    """'12L × 256', or '3L × 64, Setting A, α=0.7' for a model of the document's settings."""
+    size = f"{row['n_layers']}L × {row['dim']}"
+    return size if row.get("setting") in (None, "custom") else \
+        f"{size}, {core.cell_name((row['setting'], row['alpha']), lang)}"
+
+
+def speculative_table(bench: dict, lang: str) -> str:
+    """Lossless self-speculative decoding: per model, batch and draft length, the share of drafted tokens kept,
+    the tokens per verification pass and the measured speedup over full-depth decoding (range of runs)."""
+    h = core.labels(lang)["real_exit"]["bench"]
+    rows = []
+    for r in bench["speculative"]:
+        lo, hi = speedup_range(bench, r)
+        rows.append({h["model"]: model_label(r, lang), h["batch"]: str(r["batch"]), h["draft"]: str(r["draft"]),
+                     h["accepted"]: f"{100 * r['acceptance']:.1f}%", h["per_pass"]: f"{r['tokens_per_pass']:.2f}",
+                     h["rate"]: f"{r['tokens_per_s']:,.0f}", h["speedup"]: f"{r['speedup']:.2f}× ({lo:.2f}–{hi:.2f})",
+                     h["identical"]: h["same_output"] if r["identical"] else h["other_output"]})
+    return core.markdown_table(pd.DataFrame(rows))
+
+
+def grouped_table(bench: dict, lang: str) -> str:
+    """Batched early exit at each threshold: the measured speedup as a share of 1 / Compute with the lockstep
+    schedule and with the grouped one, the grouped speedup (range of runs) and whether its output is lockstep's."""
+    h = core.labels(lang)["real_exit"]["bench"]
+    rows = []
+    for r in bench["grouped"]:
+        lo, hi = speedup_range(bench, r)
+        rows.append({h["model"]: model_label(r, lang), h["batch"]: str(r["batch"]), "τ": f"{r['threshold']:g}",
+                     h["compute_layers"]: core.fmt_value(r["compute_frac"], "compute_frac"),
+                     h["lockstep"]: f"{100 * r['lockstep_ratio']:.0f}%", h["grouped"]: f"{100 * r['ratio']:.0f}%",
+                     h["speedup"]: f"{r['speedup']:.2f}× ({lo:.2f}–{hi:.2f})",
+                     h["identical"]: h["same_output"] if r["identical"] else h["other_output"]})
     return core.markdown_table(pd.DataFrame(rows))
 
 
@@ -167,6 +206,27 @@ class RealExit:
         return "meets" if self.large["ratio"] >= SPEED_TARGET else "misses"
 
     @property
+    def best_draft(self) -> dict:
+        """The large model's fastest draft length at batch 1 (lossless self-speculative decoding)."""
+        return max((r for r in self.bench["speculative"] if r["model"] == "large" and r["batch"] == 1),
+                   key=lambda r: r["speedup"])
+
+    @property
+    def spec_case(self) -> str:
+        return "meets" if self.best_draft["speedup"] >= SPEC_TARGET else "misses"
+
+    @property
+    def large_grouped(self) -> dict:
+        """The grouped schedule on the large model at its largest batch, at the threshold nearest 50% Compute."""
+        near = max(self.large_batches, key=lambda r: r["batch"])
+        return next(r for r in self.bench["grouped"] if r["model"] == "large" and r["batch"] == near["batch"]
+                    and r["threshold"] == near["threshold"])
+
+    @property
+    def grouped_case(self) -> str:
+        return "meets" if self.large_grouped["ratio"] >= BATCH_TARGET else "misses"
+
+    @property
     def batch_case(self) -> str:
         """'shrinks' when every larger batch reaches a smaller share of its theoretical speedup than batch 1."""
         return "shrinks" if all(r["ratio"] < self.large["ratio"] for r in self.large_batches) else "holds"
@@ -204,4 +264,20 @@ def texts(r: RealExit, lang: str) -> dict[str, str]:
         "rx_exit_layer": str(r.a7[0]["config"]["exit_layer"]),
         "rx_exit_swatch": f'<span style="background:{EXIT_COLOR}">&nbsp;{core.labels(lang)["real_exit"]["exit_color"]}&nbsp;</span>',
         "rx_new_tokens": str(r.bench["settings"]["new_tokens"]),
+        **spec_texts(r, lang),
     }
+
+
+def spec_texts(r: RealExit, lang: str) -> dict[str, str]:
+    """The numbers of the speculative-decoding and batched-schedule sentences (rx_spec_*, rx_grouped_*)."""
+    best, grouped = r.best_draft, r.large_grouped
+    lo, hi = speedup_range(r.bench, best)
+    return {"rx_spec_draft": str(best["draft"]), "rx_spec_speedup": times(best["speedup"], lang),
+            "rx_spec_range": f"{times(lo, lang)}–{times(hi, lang)}",
+            "rx_spec_accept": f"{100 * best['acceptance']:.0f}%", "rx_spec_per_pass": f"{best['tokens_per_pass']:.2f}",
+            "rx_spec_target": times(SPEC_TARGET, lang),
+            "rx_grouped_batch": str(grouped["batch"]), "rx_grouped_threshold": f"{grouped['threshold']:g}",
+            "rx_grouped_compute": core.fmt_value(grouped["compute_frac"], "compute_frac"),
+            "rx_grouped_ratio": f"{100 * grouped['ratio']:.0f}%",
+            "rx_lockstep_ratio": f"{100 * grouped['lockstep_ratio']:.0f}%",
+            "rx_batch_target": f"{100 * BATCH_TARGET:.0f}%"}

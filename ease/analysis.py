@@ -181,15 +181,27 @@ def multi_exit_analysis(model, test_ids: torch.Tensor, config: RunConfig, dev) -
     """The `multi_exit` part of an analysis (see the module docstring); blocks as in the run's record. Layers
     are JSON keys, so they are written as strings."""
     from ease.decode import multi_exit_eval, multi_exit_macs
-    from ease.exits import collect_multi_exit_stats, first_exit, route_multi
+    from ease.exits import collect_multi_exit_stats
 
-    exits, L = config.exits, config.n_layers
-    layers = (*exits, L)
+    exits = config.exits
     test_x, test_y = make_batches(test_ids, config.seq_len, config.batch_size)
     stats = collect_multi_exit_stats(model, test_x, test_y, exits, dev)
+    out = multi_exit_front(stats, multi_exit_macs(model.cfg, exits))
+    for t in MULTI_REAL_THRESHOLDS:
+        real = multi_exit_eval(model, test_x.to(dev), test_y.to(dev), exits, t, n_blocks=TEST_BLOCKS)
+        out["real"].append({"threshold": t, **real, "shares": {str(k): v for k, v in real["shares"].items()},
+                            "block_layers": {str(k): v for k, v in real["block_layers"].items()}})
+    return out
+
+
+def multi_exit_front(stats, macs: dict) -> dict:
+    """The `multi_exit` part's simulated half from a pass's per-token stats (ease.exits.MultiExitStats) and the
+    multiply-adds by layer left at (ease.decode.multi_exit_macs); `real` is left empty for the real-exit rows."""
+    from ease.exits import first_exit, route_multi
+
+    layers = (*stats.exits, stats.n_layers)
     bounds = block_bounds(len(stats), TEST_BLOCKS)
-    macs = multi_exit_macs(model.cfg, exits)
-    out = {"version": MULTI_EXIT_VERSION, "exits": list(exits), "tokens": len(stats), "blocks": TEST_BLOCKS,
+    out = {"version": MULTI_EXIT_VERSION, "exits": list(stats.exits), "tokens": len(stats), "blocks": TEST_BLOCKS,
            "block_tokens": per_block(torch.ones(len(stats)), bounds),
            "layer_block_ce": {str(layer): per_block(stats.ce[i], bounds) for i, layer in enumerate(layers)},
            "macs": {str(k): v for k, v in macs.items()}, "sweep": [], "real": []}
@@ -202,8 +214,4 @@ def multi_exit_analysis(model, test_ids: torch.Tensor, config: RunConfig, dev) -
             "flop_compute_frac": sum(share * macs[k] for k, share in routed["shares"].items()) / macs["full"],
             "block_ce": per_block(stats.ce.gather(0, where[None].long()).squeeze(0), bounds),
             "block_layers": {str(layer): per_block(where == i, bounds) for i, layer in enumerate(layers)}})
-    for t in MULTI_REAL_THRESHOLDS:
-        real = multi_exit_eval(model, test_x.to(dev), test_y.to(dev), exits, t, n_blocks=TEST_BLOCKS)
-        out["real"].append({"threshold": t, **real, "shares": {str(k): v for k, v in real["shares"].items()},
-                            "block_layers": {str(k): v for k, v in real["block_layers"].items()}})
     return out

@@ -398,6 +398,11 @@ def _on_seeds(model: Model, seeds: Sequence[int]) -> Model:
     return Model(model.key, [r for r in model.records if r["config"]["seed"] in seeds], model.vocab_size)
 
 
+def mean_val(model: Model) -> float:
+    """The mean over seeds of the validation loss of the model's own objective at the kept epoch."""
+    return float(np.mean([kept_val_objective(r) for r in model.records]))
+
+
 def budget_check(ms: dict[str, Model], checks: Sequence[dict[str, Model]]) -> list[dict]:
     """Per model, at every budget it has (the converged grid's and each check's, smaller first): test PPL over
     that budget's seeds ("ppl"); the change of the mean validation loss of the model's own objective from the
@@ -409,14 +414,12 @@ def budget_check(ms: dict[str, Model], checks: Sequence[dict[str, Model]]) -> li
     for key, m in ms.items():
         ladder = [m] + [c[key] for c in checks if key in c]
         row = {"key": key, "ppl": {epochs(b): mean_ci(ppl(b)(None)) for b in ladder},
-               "seeds": {epochs(b): len(b.records) for b in ladder}, "val": float(np.mean([kept_val_objective(r)
-                                                                                      for r in m.records])),
+               "seeds": {epochs(b): len(b.records) for b in ladder}, "val": mean_val(m),
                "dval": {}, "diff": None, "budget_half": mean_ci(ppl(m)(None)).half,
                "chosen": choose_budget({epochs(b): b.records for b in ladder})}
         for smaller, larger in zip(ladder, ladder[1:]):
             seeds = set(smaller.seeds) & set(larger.seeds)
-            row["dval"][epochs(larger)] = float(np.mean([kept_val_objective(r) for r in _on_seeds(larger, seeds).records])
-                                                - np.mean([kept_val_objective(r) for r in _on_seeds(smaller, seeds).records]))
+            row["dval"][epochs(larger)] = mean_val(_on_seeds(larger, seeds)) - mean_val(_on_seeds(smaller, seeds))
         if len(ladder) > 1 and len(ladder[1].records) > 1:
             base, twice = _on_seeds(m, ladder[1].seeds), ladder[1]
             core.paired(base.records, twice.records)
@@ -436,13 +439,13 @@ def at_chosen_budgets(ms: dict[str, Model], budget: Sequence[dict] | None, resul
         return ms, "single", []
     complete = {}
     for grid in grids:
+        keys = planned_keys(grid)
         try:
-            twice = models(grid, results, early_exit=[(k[0], float(k[1:])) for k in planned_keys(grid)
-                                                      if not k.startswith("dense")],
-                           dense=[int(k[5:]) for k in planned_keys(grid) if k.startswith("dense")])
-        except LookupError:
+            larger = models(grid, results, early_exit=[(k[0], float(k[1:])) for k in keys if not k.startswith("dense")],
+                            dense=[int(k[5:]) for k in keys if k.startswith("dense")])
+        except LookupError:  # still running, or not analysed yet
             continue
-        complete[epochs(next(iter(twice.values())))] = twice
+        complete[epochs(next(iter(larger.values())))] = larger
     if not complete:
         return ms, "single", []
     out, waiting = {}, []
@@ -503,7 +506,8 @@ def convergence_figure(ms: dict[str, Model], lang: str, checks: Sequence[dict[st
     panels = [ms, *checks]
     index = {key: i for i, key in enumerate(ms)}  # one colour per model in every panel
     with core.figure_style(lang):
-        fig, axes = plt.subplots(1, len(panels), figsize=(7.5 if len(panels) == 1 else 4.6 * len(panels), 4), sharey=True, squeeze=False)
+        width = 7.5 if len(panels) == 1 else 4.6 * len(panels)
+        fig, axes = plt.subplots(1, len(panels), figsize=(width, 4), sharey=True, squeeze=False)
         for ax, group in zip(axes[0], panels):
             for key, m in group.items():
                 # per unit of loss weight, so that B's three-layer objective sits on the others' scale

@@ -137,8 +137,10 @@ def _expand_entry(fields: dict[str, Any]) -> list[dict[str, Any]]:
 def expand_grid(grid: dict, seeds: int | None = None, smoke: bool = False) -> list[RunConfig]:
     """Every config of a grid, validated, duplicates dropped, ordered seed by seed.
 
-    `seeds` (a count) overrides the grid's own; `smoke` shrinks every run to the `SMOKE` sizes.
-    Raises GridError naming the first bad entry; nothing is run here.
+    An entry may set its own `seeds` (a count or a list, as the grid's), e.g. more seeds for the models a
+    first round singled out; every other entry keeps the grid's. `seeds` (a count) overrides every entry's
+    and the grid's; `smoke` shrinks every run to the `SMOKE` sizes. Raises GridError naming the first bad
+    entry; nothing is run here.
     """
     if not isinstance(grid, dict):
         raise GridError(f"a grid must be a mapping with a 'runs' list, got {type(grid).__name__}")
@@ -155,27 +157,32 @@ def expand_grid(grid: dict, seeds: int | None = None, smoke: bool = False) -> li
     if not isinstance(entries, list) or not entries:
         raise GridError("grid 'runs' must be a non-empty list of entries (mappings of RunConfig fields)")
 
-    per_entry: list[list[dict[str, Any]]] = []
+    per_entry: list[tuple[list[int], list[dict[str, Any]]]] = []
     for number, entry in enumerate(entries, start=1):
         where = f"grid entry {number} {entry!r}"
         if not isinstance(entry, dict):
             raise GridError(f"{where}: an entry must be a mapping of RunConfig fields")
         fields = {**base, **entry}
         if "seed" in fields:
-            raise GridError(f"{where}: 'seed' is set by the grid's 'seeds', not per entry")
+            raise GridError(f"{where}: 'seed' is set by 'seeds' (the grid's or the entry's), not per entry")
         try:
+            entry_seeds = _grid_seeds(fields.pop("seeds")) if "seeds" in fields and seeds is None else seed_list
+            fields.pop("seeds", None)
             combos = _expand_entry(fields)
             for combo in combos:  # validate every combination now, before anything runs
-                config = RunConfig.from_dict({**combo, "seed": seed_list[0]})
+                config = RunConfig.from_dict({**combo, "seed": entry_seeds[0]})
                 if smoke:
                     smoke_config(config)
         except (GridError, ValueError) as exc:
             raise GridError(f"{where}: {exc}") from None
-        per_entry.append(combos)
+        per_entry.append((entry_seeds, combos))
 
     configs: dict[str, RunConfig] = {}
-    for seed in seed_list:
-        for combos in per_entry:
+    extra = sorted({s for entry_seeds, _ in per_entry for s in entry_seeds} - set(seed_list))
+    for seed in seed_list + extra:
+        for entry_seeds, combos in per_entry:
+            if seed not in entry_seeds:
+                continue
             for combo in combos:
                 config = RunConfig.from_dict({**combo, "seed": seed})
                 if smoke:

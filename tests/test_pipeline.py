@@ -121,6 +121,19 @@ def test_seeds_count_list_and_override():
     assert [c.seed for c in expand_grid({"runs": [{"setting": "A"}]})] == [0, 1, 2]  # default 3
 
 
+def test_an_entry_may_set_its_own_seeds():
+    grid = {"seeds": 2, "runs": [{"setting": "A"}, {"setting": "B", "seeds": 4}, {"setting": "custom", "alpha": None,
+                                                                               "weights": {3: 1.0}, "seeds": [5]}]}
+    configs = expand_grid(grid)
+    assert [(c.setting, c.seed) for c in configs] == [("A", 0), ("B", 0), ("A", 1), ("B", 1), ("B", 2), ("B", 3),
+                                                      ("custom", 5)]
+    # the same config at the grid's seeds keeps its run ids: only runs are added
+    assert {c.run_id for c in expand_grid({"seeds": 2, "runs": [{"setting": "B"}]})} < {c.run_id for c in configs}
+    assert [c.seed for c in expand_grid(grid, seeds=1)] == [0, 0, 0]  # --seeds N overrides every entry's too
+    with pytest.raises(GridError, match="seeds must be"):
+        expand_grid({"runs": [{"setting": "A", "seeds": 0}]})
+
+
 def test_a_config_listed_twice_runs_once():
     grid = {"runs": [{"setting": "A", "alpha": [0.5, 0.7]}, {"setting": "A", "alpha": 0.7}]}
     configs = expand_grid(grid, seeds=2)

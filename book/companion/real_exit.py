@@ -275,9 +275,7 @@ def spec_texts(r: RealExit, lang: str) -> dict[str, str]:
     return {"rx_spec_draft": str(best["draft"]), "rx_spec_speedup": times(best["speedup"], lang),
             "rx_spec_range": f"{times(lo, lang)}–{times(hi, lang)}",
             "rx_spec_accept": f"{100 * best['acceptance']:.0f}%", "rx_spec_per_pass": f"{best['tokens_per_pass']:.2f}",
-            "rx_spec_target": times(SPEC_TARGET, lang),
             "rx_grouped_batch": str(grouped["batch"]), "rx_grouped_threshold": f"{grouped['threshold']:g}",
             "rx_grouped_compute": core.fmt_value(grouped["compute_frac"], "compute_frac"),
             "rx_grouped_ratio": f"{100 * grouped['ratio']:.0f}%",
-            "rx_lockstep_ratio": f"{100 * grouped['lockstep_ratio']:.0f}%",
-            "rx_batch_target": f"{100 * BATCH_TARGET:.0f}%"}
+            "rx_lockstep_ratio": f"{100 * grouped['lockstep_ratio']:.0f}%"}

@@ -26,6 +26,13 @@ GAP_THRESHOLD = 0.5  # where the text compares real and simulated exit
 SPEED_TARGET = 0.7  # measured speedup as a share of the theoretical one that counts as "meets the target"
 SPEC_TARGET = 1.5  # the aim for lossless self-speculative decoding: the 12-layer model at batch 1
 BATCH_TARGET = 0.8  # the aim for batched early exit: batch 16 of the 12-layer model, share of 1 / Compute
+# The models whose early-exit speed the chapter shows (the benchmark's other cells are there for speculative
+# decoding's acceptance against alpha and setting).
+SPEED_MODELS = ("default", "large")
+
+
+def speed_rows(bench: dict, key: str = "rows") -> list[dict]:
+    return [r for r in bench[key] if r["model"] in SPEED_MODELS]
 EXIT_COLOR = "#fdae6b"  # background of a character that exited early in the samples (the page's legend uses it)
 
 
@@ -76,7 +83,7 @@ def times(value: float, lang: str) -> str:
 def bench_table(bench: dict, lang: str) -> str:
     h = core.labels(lang)["real_exit"]["bench"]
     rows = []
-    for r in bench["rows"]:
+    for r in speed_rows(bench):
         lo, hi = speedup_range(bench, r)
         rows.append({h["model"]: f"{r['n_layers']}L × {r['dim']}", h["batch"]: str(r["batch"]),
                      "τ": h["full_depth"] if r["threshold"] is None else f"{r['threshold']:g}",
@@ -116,7 +123,7 @@ def grouped_table(bench: dict, lang: str) -> str:
     schedule and with the grouped one, the grouped speedup (range of runs) and whether its output is lockstep's."""
     h = core.labels(lang)["real_exit"]["bench"]
     rows = []
-    for r in bench["grouped"]:
+    for r in speed_rows(bench, "grouped"):
         lo, hi = speedup_range(bench, r)
         rows.append({h["model"]: model_label(r, lang), h["batch"]: str(r["batch"]), "τ": f"{r['threshold']:g}",
                      h["compute_layers"]: core.fmt_value(r["compute_frac"], "compute_frac"),
@@ -165,8 +172,8 @@ def figure(exp: Sequence[dict], analyses: dict[str, dict], bench: dict, lang: st
         xs = np.linspace(0.2, 1.0, 100)
         right.plot(100 * xs, 1 / xs, color="grey", linestyle=":", label=words["theory"])
         markers = {"default": "o", "large": "s"}
-        for j, (model, batch) in enumerate(sorted({(r["model"], r["batch"]) for r in bench["rows"]})):
-            rows = sorted((r for r in bench["rows"] if r["model"] == model and r["batch"] == batch),
+        for j, (model, batch) in enumerate(sorted({(r["model"], r["batch"]) for r in speed_rows(bench)})):
+            rows = sorted((r for r in speed_rows(bench) if r["model"] == model and r["batch"] == batch),
                           key=lambda r: r["compute_frac"])
             right.plot([100 * r["compute_frac"] for r in rows], [r["speedup"] for r in rows],
                        marker=markers.get(model, "^"), color=f"C{j}",

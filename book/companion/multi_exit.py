@@ -80,16 +80,16 @@ class Front:
 
     def sweep(self, name: str) -> np.ndarray:
         """Front sums by seed, threshold and block: "block_ce" [s, t, b] or "block_layers" [s, t, layers, b]."""
-        if name == "block_ce":
-            return np.array([[row["block_ce"] for row in p["sweep"]] for p in self.parts], float)
-        return np.array([[[row["block_layers"][str(layer)] for layer in self.layers] for row in p["sweep"]]
-                         for p in self.parts], float)
+        return self._sums("sweep", name)
 
     def real(self, name: str) -> np.ndarray:
         """Real exit's sums at its thresholds, shaped as `sweep`'s."""
+        return self._sums("real", name)
+
+    def _sums(self, part: str, name: str) -> np.ndarray:
         if name == "block_ce":
-            return np.array([[row["block_ce"] for row in p["real"]] for p in self.parts], float)
-        return np.array([[[row["block_layers"][str(layer)] for layer in self.layers] for row in p["real"]]
+            return np.array([[row["block_ce"] for row in p[part]] for p in self.parts], float)
+        return np.array([[[row["block_layers"][str(layer)] for layer in self.layers] for row in p[part]]
                          for p in self.parts], float)
 
     @cached_property

@@ -160,15 +160,14 @@ def test_equal_compute_reads_the_sweep_at_the_dense_models_cost(chapter):
     assert by[("A0.7", 2, "layers")].reachable
 
 
-def test_budget_check_says_converged_or_moved(chapter, tmp_path):
+def test_budget_check_says_converged_or_chosen(chapter, tmp_path):
     ms, comps, folder = chapter()
-    for name, shift, expected in (("same", 0.0, "converged"), ("shifted", 0.3, "moved")):
+    for name, shift, expected in (("same", 0.0, "converged"), ("shifted", 0.3, "chosen")):
         grid = grid_file(tmp_path, name, 2, {**BASE, "max_epochs": 4, "patience": 4}, RUNS)
         write_grid(folder, grid, {k: v + shift for k, v in OFFSETS.items()})
         check = held_out.check_models(50, folder, grid)
         rows = held_out.budget_check(ms, [check])
-        assert held_out.cases(comps, rows)["budget"] == expected
-        assert held_out.cases(comps, rows, "chosen")["budget"] == ("converged" if shift == 0 else "chosen")
+        assert held_out.cases(comps, rows, "chosen")["budget"] == expected
     assert held_out.check_models(50, folder, grid_file(tmp_path, "absent", 2, {**BASE, "max_epochs": 9}, RUNS)) \
         is None
     assert held_out.cases(comps, None)["budget"] == "pending"
@@ -214,14 +213,18 @@ def test_each_model_is_read_at_the_budget_its_validation_loss_chooses(chapter, t
         write_json(path, record)
     rows2 = held_out.budget_check(ms, [held_out.check_models(50, folder, grid2)])
     assert all(r["chosen"] == 2 for r in rows2)
-    # while the check lacks a seed or an analysis, the converged grid's models stay
-    held_out_analysis = analysis_path(folder, next(iter(check.values())).records[0]["run_id"])
-    held_out_analysis.unlink()
-    assert held_out.at_chosen_budgets(ms, rows, folder, [grid]) == (ms, "single", [])
+    # a model whose chosen budget lacks one of its seeds waits at the converged grid's budget; the others
+    # (and their analyses) do not hold it back
+    analysis_path(folder, check["A0.3"].records[0]["run_id"]).unlink()
+    record_path(folder, check["dense1"].records[-1]["run_id"]).unlink()
+    chosen_ms, regime, waiting = held_out.at_chosen_budgets(ms, rows, folder, [grid])
+    assert (regime, waiting) == ("waiting", ["dense1"]) and all(chosen_ms[k] is ms[k] for k in ms)
     assert held_out.at_chosen_budgets(ms, None, folder, [grid]) == (ms, "single", [])
 
 
-FOUR_RUNS = [{"setting": "A", "alpha": 0.7}, {"setting": "custom", "alpha": None, "n_layers": 1, "weights": {1: 1.0}}]
+# the 4x check: 3 seeds, and every seed of the converged grid for the model expected to choose it
+FOUR_RUNS = [{"setting": "A", "alpha": 0.7},
+             {"setting": "custom", "alpha": None, "n_layers": 1, "weights": {1: 1.0}, "seeds": SEEDS}]
 
 
 @pytest.mark.parametrize("lang", ["en", "ja"])
@@ -260,6 +263,10 @@ def test_the_budget_doubles_while_validation_improves_and_waits_for_a_running_gr
     assert (regime, waiting) == ("waiting", ["dense1"]) and held_out.epochs(models_["dense1"]) == 4
     values = held_out.convergence_values(ms, checks, waiting, lang)
     assert values["waiting"] == held_out.model_name("dense1", lang) and values["checked"].startswith("4")
+    # an early-exit model is read at its chosen budget only with its analyses there
+    analysis_path(folder, checks[0]["A0.7"].records[0]["run_id"]).unlink()
+    models_, regime, waiting = held_out.at_chosen_budgets(ms, rows, folder, [twice, four])
+    assert waiting == ["A0.7", "dense1"] and models_["A0.7"] is ms["A0.7"]
 
 
 @pytest.mark.parametrize("gain, expected", [(0.0, INCONCLUSIVE), (0.3, REPRODUCED), (-0.3, NOT_REPRODUCED)])

@@ -428,33 +428,56 @@ def budget_check(ms: dict[str, Model], checks: Sequence[dict[str, Model]]) -> li
     return rows
 
 
+def grid_budget(grid: str) -> int:
+    """The epochs every run of a larger-budget grid trains."""
+    budgets = {c.max_epochs for c in planned(grid)}
+    if len(budgets) != 1:
+        raise ValueError(f"grid {grid!r} trains several budgets {sorted(budgets)}; a budget check trains one")
+    return budgets.pop()
+
+
+def model_at(grid: str, key: str, seeds: Sequence[int], vocab_size: int, results=None) -> Model | None:
+    """One model from a larger-budget grid over `seeds` (those the converged grid pairs it on), with its
+    analyses for an early-exit model; None while a seed or an analysis is missing (the grid still running)."""
+    records = [r for r in _finished(core.grid_records(grid, results, partial=True), **_selector(key))
+               if r["config"]["seed"] in seeds]
+    if sorted(r["config"]["seed"] for r in records) != sorted(seeds):
+        return None
+    if key.startswith("dense"):
+        return Model(key, records, vocab_size)
+    try:
+        analyses = core.grid_analyses(records, results)
+    except LookupError:
+        return None
+    held = [analyses[r["run_id"]]["test"] for r in records]
+    for r, h in zip(records, held):
+        if h["tokens"] != r["test"]["tokens"] or h["blocks"] != r["test"]["blocks"]:
+            raise ValueError(f"the analysis of {r['run_id']} read other test text than its record")
+    return Model(key, records, vocab_size, held)
+
+
 def at_chosen_budgets(ms: dict[str, Model], budget: Sequence[dict] | None, results=None,
                       grids: Sequence[str] = CHECK_GRIDS) -> tuple[dict[str, Model], str, list[str]]:
     """Each model at the budget its validation loss chooses, read from that budget's grid once the grid has
-    every seed and analysis. Returns (models, regime, waiting): regime "single" while no larger-budget grid is
-    complete (every model at the converged grid's budget), "chosen" when every model is at its chosen budget,
-    "waiting" when some chose a budget whose grid is still running; those (`waiting`) are read at the largest
-    complete budget below their choice."""
+    the model's every seed (the converged grid's, so that comparisons stay paired) and, for an early-exit
+    model, their analyses. Returns (models, regime, waiting): regime "single" while there is no check yet
+    (every model at the converged grid's budget), "chosen" when every model is at its chosen budget, "waiting"
+    when some chose a budget whose runs are still to come; those (`waiting`) are read at the largest budget
+    below their choice that has them."""
     if budget is None:
         return ms, "single", []
-    complete = {}
-    for grid in grids:
-        keys = planned_keys(grid)
-        try:
-            larger = models(grid, results, early_exit=[(k[0], float(k[1:])) for k in keys if not k.startswith("dense")],
-                            dense=[int(k[5:]) for k in keys if k.startswith("dense")])
-        except LookupError:  # still running, or not analysed yet
-            continue
-        complete[epochs(next(iter(larger.values())))] = larger
-    if not complete:
-        return ms, "single", []
+    by_budget = {grid_budget(g): g for g in grids}
     out, waiting = {}, []
     for row in budget:
-        key = row["key"]
-        at = {epochs(ms[key]): ms[key], **{e: group[key] for e, group in complete.items() if key in group}}
-        if row["chosen"] not in at:
+        key, base = row["key"], ms[row["key"]]
+        out[key] = base
+        for e in sorted((e for e in by_budget if epochs(base) < e <= row["chosen"]), reverse=True):
+            larger = model_at(by_budget[e], key, base.seeds, base.vocab_size, results)
+            if larger is not None:
+                out[key] = larger
+                break
+        if epochs(out[key]) != row["chosen"]:
             waiting.append(key)
-        out[key] = at[max(e for e in at if e <= row["chosen"])]
     return out, "waiting" if waiting else "chosen", waiting
 
 
@@ -742,8 +765,8 @@ def convergence_values(ms: dict[str, Model], checks: Sequence[dict[str, Model]],
 
 def cases(comps: Sequence[Comparison], budget: Sequence[dict] | None, regime: str = "single") -> dict[str, str]:
     """The case codes the page's sentences are chosen by. "budget": pending (no check yet), converged (no
-    model's test PPL moves by its budget's half-width at twice the budget), moved (one does; no larger budget's
-    grid is complete yet), chosen (one does, and models are read at the budgets their validation loss chooses).
+    model's test PPL moves by its budget's half-width at twice the budget), chosen (one does, and models are read
+    at the budgets their validation loss chooses).
     "regime": at_chosen_budgets's."""
     by_code = {c.code: verdict(c) for c in comps}
     if budget is None:
@@ -751,7 +774,7 @@ def cases(comps: Sequence[Comparison], budget: Sequence[dict] | None, regime: st
     elif all(r["diff"] is not None and abs(r["diff"].mean) < r["budget_half"] for r in budget):
         converged = "converged"
     else:
-        converged = "moved" if regime == "single" else "chosen"
+        converged = "chosen"
     return {"depth": by_code["dense3_vs_dense1"], "ee": by_code["ee_vs_dense2"], "budget": converged,
             "regime": regime}
 

@@ -7,6 +7,7 @@ dense model by a known margin and check that the verdict follows.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,19 +61,24 @@ def designed_part(config, offset: float, seed: int, real_gap: float) -> dict:
     return part
 
 
+def write_designed(folder, offsets=OFFSETS, real_gap: float = 0.0) -> None:
+    """A designed multi-exit grid's records and analyses, with the given offsets and real-exit gap."""
+    for config in CONFIGS:
+        key = multi_exit.recipe_key(config.to_dict())
+        record = designed_record(config, offsets[key], config.seed)
+        analysis = {"run_id": config.run_id, "analysis_version": ANALYSIS_VERSION, "vocab_size": VOCAB}
+        if config.exits:
+            analysis["multi_exit"] = designed_part(config, offsets[key], config.seed, real_gap)
+        write_json(record_path(folder, config.run_id), record)
+        write_json(analysis_path(folder, config.run_id), analysis)
+
+
 @pytest.fixture
 def chapter(tmp_path):
     """The chapter's fronts from a designed multi-exit grid with the given offsets and real-exit gap."""
     def build(offsets=OFFSETS, real_gap: float = 0.0):
         folder = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
-        for config in CONFIGS:
-            key = multi_exit.recipe_key(config.to_dict())
-            record = designed_record(config, offsets[key], config.seed)
-            analysis = {"run_id": config.run_id, "analysis_version": ANALYSIS_VERSION, "vocab_size": VOCAB}
-            if config.exits:
-                analysis["multi_exit"] = designed_part(config, offsets[key], config.seed, real_gap)
-            write_json(record_path(folder, config.run_id), record)
-            write_json(analysis_path(folder, config.run_id), analysis)
+        write_designed(folder, offsets, real_gap)
         return multi_exit.fronts(folder)
     return build
 
@@ -153,3 +159,27 @@ def test_fronts_read_on_other_text_are_refused(chapter):
     fs["dense2"].__dict__.pop("tokens", None)
     with pytest.raises(ValueError, match="other test blocks"):
         multi_exit.check_text(fs)
+
+
+@pytest.mark.parametrize("lang", ["en", "ja"])
+def test_the_page_runs_and_glues_every_key_its_text_uses(tmp_path, monkeypatch, lang):
+    """The chapter's page (not in the book until the grid's records are committed) on designed records."""
+    import re
+
+    import jupytext
+    from nbclient import NotebookClient
+
+    from companion.core import RESULTS_ENV
+
+    write_designed(tmp_path, real_gap=0.1)
+    monkeypatch.setenv(RESULTS_ENV, str(tmp_path))
+    page = Path(__file__).resolve().parents[1] / "book" / lang / "multi_exit.md"
+    nb = jupytext.read(page)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(page.parent)}}).execute()
+    glued = {out["metadata"]["scrapbook"]["name"] for cell in nb.cells if cell.cell_type == "code"
+             for out in cell.get("outputs", []) if out.get("metadata", {}).get("scrapbook")}
+    stderr = [out["text"] for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
+              if out.get("name") == "stderr"]
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    used = set(re.findall(r"\{glue:md\}`(\w+)`", text)) | set(re.findall(r"```\{glue:(?:md|figure)\} (\w+)", text))
+    assert not stderr and used and used <= glued

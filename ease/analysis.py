@@ -17,7 +17,8 @@ means retraining:
   the test split, with per-block sums for intervals that resample the text (the record's
   TEST_BLOCKS blocks): every measure and the oracle at matched Shallow%, real exit beside simulated
   exit, and `calibration`, whether Learn-then-Test's promise holds over many random calibration/test
-  splits of the test text's blocks (`ease.calibrate.validity`).
+  splits of the test text's blocks (`ease.calibrate.validity`). A grid whose chapters read only the
+  validation parts asks for analyses without it (`analyse: validation`, see ease.grid).
 
 - `multi_exit` (runs with several `exits` and test text): the several-exit front on the test split:
   one max-probability threshold shared by every exit, swept (simulated from one pass: each exit reads
@@ -74,23 +75,25 @@ def wants_multi_exit(config: RunConfig) -> bool:
     return config.test_chars != 0 and bool(config.exits)
 
 
-def load_analysis(config: RunConfig, results_dir: str | Path) -> dict | None:
-    """The current analysis of a run, or None (missing or made by an older ANALYSIS_VERSION)."""
+def load_analysis(config: RunConfig, results_dir: str | Path, held_out: bool = True) -> dict | None:
+    """The current analysis of a run, or None (missing or made by an older ANALYSIS_VERSION). `held_out`
+    False: a reader of the validation parts only, which an analysis without its `test` part serves."""
     path = analysis_path(results_dir, config.run_id)
     if not path.exists():
         return None
     data = read_record(path)
     if data.get("analysis_version") != ANALYSIS_VERSION:
         return None
-    if wants_held_out(config) and data.get("test", {}).get("version") != HELD_OUT_VERSION:
+    if held_out and wants_held_out(config) and data.get("test", {}).get("version") != HELD_OUT_VERSION:
         return None
     if wants_multi_exit(config) and data.get("multi_exit", {}).get("version") != MULTI_EXIT_VERSION:
         return None
     return data
 
 
-def analyse(config: RunConfig, results_dir: str | Path, device: str = "cpu") -> dict:
-    """Compute a finished run's analysis from its checkpoint (see the module docstring)."""
+def analyse(config: RunConfig, results_dir: str | Path, device: str = "cpu", held_out: bool = True) -> dict:
+    """Compute a finished run's analysis from its checkpoint (see the module docstring); `held_out` False
+    leaves out the `test` part (the costliest: real exit and calibration over the whole test split)."""
     from ease.decode import decode_text, real_exit_eval  # the real early-exit path
 
     torch.set_num_threads(1)  # as training: sums can depend on the thread count
@@ -118,7 +121,7 @@ def analyse(config: RunConfig, results_dir: str | Path, device: str = "cpu") -> 
         for t in sorted({config.threshold, 0.5}, reverse=True):
             for d in decode_text(model, vocab, prompts, new, threshold=t, exit_layer=config.exit_layer):
                 out["samples"].append({"threshold": t, "prompt": d.prompt, "text": d.text, "layers": d.layers})
-    if wants_held_out(config):
+    if held_out and wants_held_out(config):
         out["test"] = held_out_analysis(model, corpus.test_ids, config, dev)
     if wants_multi_exit(config):
         out["multi_exit"] = multi_exit_analysis(model, corpus.test_ids, config, dev)
@@ -162,9 +165,10 @@ def held_out_analysis(model, test_ids: torch.Tensor, config: RunConfig, dev) -> 
     return out
 
 
-def ensure_analysis(config: RunConfig, results_dir: str | Path, device: str = "cpu") -> dict:
-    """The run's current analysis, computed and written (atomically) when missing or outdated."""
-    found = load_analysis(config, results_dir)
+def ensure_analysis(config: RunConfig, results_dir: str | Path, device: str = "cpu", held_out: bool = True) -> dict:
+    """The run's current analysis, computed and written (atomically) when missing or outdated (`held_out`: as
+    in load_analysis and analyse)."""
+    found = load_analysis(config, results_dir, held_out)
     if found is not None:
         return found
     if not checkpoint_path(results_dir, config.run_id).exists():
@@ -172,7 +176,7 @@ def ensure_analysis(config: RunConfig, results_dir: str | Path, device: str = "c
             f"run {config.run_id} has no current analysis ({analysis_path(results_dir, config.run_id)}) and no "
             "checkpoint to compute one from (checkpoints are not committed). Re-run it: python -m ease.pipeline "
             "with its grid after deleting its record, or `make reproduce` for all runs")
-    data = analyse(config, results_dir, device)
+    data = analyse(config, results_dir, device, held_out)
     write_json(analysis_path(results_dir, config.run_id), data)
     return data
 

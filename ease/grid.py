@@ -14,7 +14,8 @@ the ones the book reads. A grid file looks like ``examples/grid.yaml``::
     seeds: 3                         # optional: seeds 0..N-1, or an explicit list [0, 4]; default 3
     base:                            # optional: RunConfig fields shared by every run
       max_epochs: 30
-    analyse: false                   # optional: also compute each run's checkpoint analysis
+    analyse: false                   # optional: also compute each run's checkpoint analysis (true), or
+                                     # only its validation parts (validation: no `test` part, see ease.analysis)
     runs:                            # required: one entry per group of runs
       - {setting: A, alpha: [0.3, 0.5, 0.7]}           # a list means "each of these": 3 configs
       - {setting: B, alpha: 0.7, norm: [post, pre]}    # several lists: their product, 2 configs
@@ -51,6 +52,7 @@ GRIDS_PACKAGE = "ease.grids"
 # notebooks in the book's appendix; the others need their records and analyses.
 BOOK_GRIDS = ("exp5-6", "forensics", "dense", "regimes", "alpha", "converged", "converged-2x")
 GRID_KEYS = {"description", "seeds", "base", "runs", "analyse"}
+ANALYSE_VALIDATION = "validation"  # `analyse: validation`: analyses without their costly held-out (test) part
 LIST_FIELDS = ("sweep_thresholds", "exits")  # RunConfig fields whose one value is a list: a list of lists is the choice
 
 
@@ -147,8 +149,8 @@ def expand_grid(grid: dict, seeds: int | None = None, smoke: bool = False) -> li
     unknown = sorted(set(grid) - GRID_KEYS)
     if unknown:
         raise GridError(f"unknown grid key(s) {unknown}; a grid has {sorted(GRID_KEYS)}")
-    if not isinstance(grid.get("analyse", False), bool):
-        raise GridError(f"grid 'analyse' must be true or false, got {grid['analyse']!r}")
+    if not (isinstance(grid.get("analyse", False), bool) or grid["analyse"] == ANALYSE_VALIDATION):
+        raise GridError(f"grid 'analyse' must be true, false or {ANALYSE_VALIDATION}, got {grid['analyse']!r}")
     seed_list = _grid_seeds(grid.get("seeds", DEFAULT_SEEDS) if seeds is None else seeds)
     base = grid.get("base") or {}
     if not isinstance(base, dict):

@@ -93,7 +93,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ease.config import DOC_THRESHOLDS, RunConfig
-from ease.grid import (BOOK_GRIDS, SMOKE, GridError, builtin_grids, expand_grid, load_grid,
+from ease.grid import (ANALYSE_VALIDATION, BOOK_GRIDS, SMOKE, GridError, builtin_grids, expand_grid, load_grid,
                        smoke_config)
 from ease.results import analysis_path, checkpoint_path, executed_path, find_record, record_path
 
@@ -173,6 +173,7 @@ class RunWork:
     trained: bool
     notebook: bool
     analysis: bool
+    held_out: bool = True  # the analysis has its held-out part (False: `analyse: validation`)
 
     @property
     def state(self) -> str:
@@ -192,7 +193,7 @@ def text_fingerprint(key: tuple[str, int, int]) -> str:
     return data_provenance(*key)["fingerprint"]
 
 
-def run_work(config: RunConfig, results_dir: str | Path, lab_notebooks: bool = True, analyse: bool = False,
+def run_work(config: RunConfig, results_dir: str | Path, lab_notebooks: bool = True, analyse: bool | str = False,
              fingerprint: str | None = None) -> RunWork | None:
     """What `config` still needs in `results_dir`; None when it is finished.
 
@@ -206,8 +207,9 @@ def run_work(config: RunConfig, results_dir: str | Path, lab_notebooks: bool = T
 
     trained = find_record(config, results_dir, fingerprint) is not None
     notebook = not trained or (lab_notebooks and not notebook_complete(executed_path(results_dir, config.run_id)))
-    analysis = analyse and (not trained or load_analysis(config, results_dir) is None)
-    return RunWork(trained, notebook, analysis) if notebook or analysis else None
+    held_out = analyse != ANALYSE_VALIDATION
+    analysis = bool(analyse) and (not trained or load_analysis(config, results_dir, held_out) is None)
+    return RunWork(trained, notebook, analysis, held_out) if notebook or analysis else None
 
 
 def run_inputs(config: RunConfig, results_dir: Path, work: RunWork) -> dict[str, bytes]:
@@ -229,7 +231,7 @@ def notebook_parameters(config: RunConfig, results_dir: str | Path, device: str 
 
 
 def execute_run(config_dict: dict, inputs: dict[str, bytes], notebook_json: str | None, cwd: str | None,
-                device: str = "cpu", analyse: bool = True) -> dict:
+                device: str = "cpu", analyse: bool = True, held_out: bool = True) -> dict:
     """One run's work on a Dask worker, in a temporary folder of its own: `inputs` ({path relative to a
     results folder: bytes}, see `run_inputs`) are put there, the notebook (unless `notebook_json` is
     None) and the analysis run there, and the run's new files come back as the result's "files"
@@ -248,7 +250,7 @@ def execute_run(config_dict: dict, inputs: dict[str, bytes], notebook_json: str 
         if notebook_json is not None and str(files["record"]) not in inputs:
             fault_point("training", run_id)
         result = _run_in_child({"config_dict": config_dict, "results_dir": tmp, "notebook_json": notebook_json,
-                                "cwd": cwd, "device": device, "analyse": analyse}, run_id)
+                                "cwd": cwd, "device": device, "analyse": analyse, "held_out": held_out}, run_id)
         made = {kind: Path(tmp) / relative for kind, relative in files.items()
                 if str(relative) not in inputs and (Path(tmp) / relative).is_file()}
         if "record" not in made:  # a checkpoint without its record belongs to a run that did not finish
@@ -278,7 +280,7 @@ def _run_in_child(args: dict, run_id: str) -> dict:
 
 
 def run_task(config_dict: dict, results_dir: str, notebook_json: str | None, cwd: str | None,
-             device: str = "cpu", analyse: bool = True) -> dict:
+             device: str = "cpu", analyse: bool = True, held_out: bool = True) -> dict:
     """The body of `execute_run`, in the child process."""
     if notebook_json is not None:
         result = execute_notebook(config_dict, results_dir, notebook_json, cwd, device)
@@ -289,7 +291,7 @@ def run_task(config_dict: dict, results_dir: str, notebook_json: str | None, cwd
 
         start = time.perf_counter()
         try:
-            ensure_analysis(RunConfig.from_dict(config_dict), results_dir, device)
+            ensure_analysis(RunConfig.from_dict(config_dict), results_dir, device, held_out)
         except Exception as exc:  # the record stands; the analysis is reported as what failed
             result.update(status="failed", error=f"analysis: {type(exc).__name__}: {exc}")
         result["seconds"] = round(result["seconds"] + time.perf_counter() - start, 1)
@@ -498,7 +500,7 @@ def env_seconds(name: str, default: float) -> float:
 
 def run_grid(configs: Sequence[RunConfig], results_dir: str | Path = DEFAULT_RESULTS, scheduler: str | None = None,
              workers: int | None = None, device: str = "cpu", notebook: str | Path = TRAIN_NOTEBOOK,
-             progress: bool = True, lab_notebooks: bool = True, analyse: bool = False,
+             progress: bool = True, lab_notebooks: bool = True, analyse: bool | str = False,
              worker_timeout: float | None = None) -> GridSummary:
     """Run every config not finished yet through `notebook` on Dask; return what happened.
 
@@ -506,7 +508,8 @@ def run_grid(configs: Sequence[RunConfig], results_dir: str | Path = DEFAULT_RES
     single-threaded worker processes (default: one per core), closed when the grid is done.
     `lab_notebooks`: a finished run also needs its complete executed notebook (rendered from the
     record when missing or cut off); False: the record is enough. `analyse`: each run also needs its
-    checkpoint analysis (ease.analysis), computed where missing (a grid asks for it with `analyse: true`).
+    checkpoint analysis (ease.analysis), computed where missing (a grid asks for it with `analyse: true`;
+    "validation", from `analyse: validation`: the analysis without its held-out part).
     `worker_timeout`: seconds without any worker before WorkersLost (default $EASE_WORKER_TIMEOUT or 120).
     Raises SchedulerUnreachable when `scheduler` cannot be reached.
     """
@@ -550,7 +553,7 @@ def run_grid(configs: Sequence[RunConfig], results_dir: str | Path = DEFAULT_RES
 
 
 def _run_pending(pending: list[RunConfig], client, summary: GridSummary, bar, results_dir: Path, notebook_json: str,
-                 device: str, lab_notebooks: bool, analyse: bool, fingerprints: dict, worker_timeout: float) -> None:
+                 device: str, lab_notebooks: bool, analyse: bool | str, fingerprints: dict, worker_timeout: float) -> None:
     """Keep the workers busy with pending runs, one lock per run in flight, until none is left."""
     from distributed import wait
 
@@ -583,7 +586,7 @@ def _run_pending(pending: list[RunConfig], client, summary: GridSummary, bar, re
                     continue
                 future = client.submit(execute_run, config.to_dict(), run_inputs(config, results_dir, work),
                                        notebook_json if work.notebook else None, cwd, device, work.analysis,
-                                       key=f"ease-run-{config.run_id}-{time.time_ns()}", pure=False)
+                                       work.held_out, key=f"ease-run-{config.run_id}-{time.time_ns()}", pure=False)
                 running[future] = (config, lock)
             if held_elsewhere:
                 bar.set_postfix(done=len(summary.done), failed=len(summary.failed), elsewhere=held_elsewhere)
@@ -616,7 +619,7 @@ def _run_pending(pending: list[RunConfig], client, summary: GridSummary, bar, re
             lock.release()
 
 
-def _triage(config: RunConfig, summary: GridSummary, results_dir: Path, lab_notebooks: bool, analyse: bool,
+def _triage(config: RunConfig, summary: GridSummary, results_dir: Path, lab_notebooks: bool, analyse: bool | str,
             fingerprint: str | Exception) -> RunWork | None:
     """The run's work, or None when there is none: finished (counted as skipped), or failed: its text
     cannot be had (`fingerprint` is that error) or its record is not valid here (the message names the
@@ -731,7 +734,7 @@ def main(argv: Iterable[str] | None = None) -> int:
 
     failed = False
     for name, configs in configs_of.items():
-        analyse = bool(grids[name].get("analyse", False))
+        analyse = grids[name].get("analyse", False)
         # The book's appendix shows the lab notebook of every run of its main grid only.
         lab = not args.book or name == BOOK_GRIDS[0]
         print(f"grid {name}: {len(configs)} runs, results in {Path(results).resolve()}")

@@ -78,6 +78,7 @@ def test_an_analysis_without_its_held_out_part_is_outdated(tmp_path):
     base = {"run_id": CONFIG.run_id, "analysis_version": analysis.ANALYSIS_VERSION}
     write_json(analysis_path(tmp_path, CONFIG.run_id), base)
     assert analysis.load_analysis(CONFIG, tmp_path) is None
+    assert analysis.load_analysis(CONFIG, tmp_path, held_out=False) == base  # a reader of the validation parts
     write_json(analysis_path(tmp_path, CONFIG.run_id), {**base, "test": {"version": analysis.HELD_OUT_VERSION}})
     assert analysis.load_analysis(CONFIG, tmp_path) is not None
 

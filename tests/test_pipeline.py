@@ -194,7 +194,7 @@ def test_shipped_example_grid_is_valid():
     ({"seeds": [1, 1], "runs": [{"setting": "A"}]}, ["seeds", "repeats"]),
     ({"runs": []}, ["runs", "non-empty"]),
     ({"setting": "A"}, ["unknown grid key", "setting"]),
-    ({"analyse": "yes", "runs": [{"setting": "A"}]}, ["analyse", "true or false"]),
+    ({"analyse": "yes", "runs": [{"setting": "A"}]}, ["analyse", "true, false or validation"]),
     ([{"setting": "A"}], ["mapping"]),
 ])
 def test_bad_grids_are_rejected_with_a_clear_error(grid, words):
@@ -429,6 +429,16 @@ def test_analysis_stage_and_lab_notebooks_flag(tmp_path):
     assert load_analysis(config, results) == analysis  # deterministic
     assert _stamp(record_path(results, config.run_id)) == record
     assert _stamp(executed_path(results, config.run_id)) == notebook
+
+    # a grid that reads only the validation parts (`analyse: validation`) takes the analysis as it is, and
+    # computes one without the held-out part where it is missing; a full analysis then computes that part again
+    held = smoke(setting="A", test_chars=10_000)
+    validation = run_grid([held], results, workers=1, progress=False, analyse="validation")
+    assert validation.ok and "test" not in load_analysis(held, results, held_out=False)
+    assert load_analysis(held, results) is None
+    assert run_grid([held], results, workers=1, progress=False, analyse="validation").skipped == [held.run_id]
+    full = run_grid([held], results, workers=1, progress=False, analyse=True)
+    assert full.ok and full.done[0]["notebook"] is None and "test" in load_analysis(held, results)
 
     # without lab notebooks a record is enough; with them, a missing notebook is rendered again
     executed_path(results, config.run_id).unlink()

@@ -301,7 +301,7 @@ class Beyond:
 def load(results=None) -> Beyond:
     exp, dense, alpha = (core.grid_records(g, results) for g in ("exp5-6", "dense", "alpha"))
     a7, b7 = core.select(exp, setting="A", alpha=0.7), core.select(exp, setting="B", alpha=0.7)
-    analyses = core.grid_analyses(a7 + b7, results)
+    analyses = core.grid_analyses(a7 + b7, results, held_out=False)
     best = {(s, m): best_alpha(alpha, s, m) for m in ("ppl", "ppl_deep") for s in ("A", "B")}
     return Beyond(exp, dense, alpha, analyses, equal_compute(exp, dense), at_shallow(a7, analyses), best)
 

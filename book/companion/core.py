@@ -207,12 +207,14 @@ def grid_records(name: str, results: str | Path | None = None, partial: bool = F
     return records
 
 
-def grid_analyses(records: Sequence[dict], results: str | Path | None = None) -> dict[str, dict]:
-    """The checkpoint analysis of every record, by run id; a clear error when one is missing."""
+def grid_analyses(records: Sequence[dict], results: str | Path | None = None,
+                  held_out: bool = True) -> dict[str, dict]:
+    """The checkpoint analysis of every record, by run id; a clear error when one is missing. `held_out` False:
+    the caller reads the validation parts only (a grid analysed with `analyse: validation` serves it)."""
     results = Path(results) if results is not None else results_dir()
     out = {}
     for record in records:
-        analysis = load_analysis(RunConfig.from_dict(record["config"]), results)
+        analysis = load_analysis(RunConfig.from_dict(record["config"]), results, held_out)
         if analysis is None:
             raise LookupError(f"run {record['run_id']} has no current analysis in {analysis_path(results, record['run_id']).parent}; "
                               "compute it with python -m ease.pipeline --book (it needs the run's checkpoint)")

@@ -211,7 +211,8 @@ class Forensics:
 def load(results=None) -> Forensics:
     records = core.grid_records("forensics", results)
     published = core.load_published()
-    return Forensics(records, core.grid_analyses(records, results), published, matches(records, published),
+    analyses = core.grid_analyses(records, results, held_out=False)  # the chapter reads validation parts only
+    return Forensics(records, analyses, published, matches(records, published),
                      {c: gaps(records, published, c) for c in CORPORA})
 
 

@@ -242,7 +242,7 @@ class RealExit:
 def load(results=None) -> RealExit:
     exp = core.grid_records("exp5-6", results)
     a7 = core.select(exp, setting="A", alpha=0.7)
-    analyses = core.grid_analyses(a7 + core.select(exp, setting="B", alpha=0.7), results)
+    analyses = core.grid_analyses(a7 + core.select(exp, setting="B", alpha=0.7), results, held_out=False)
     return RealExit(exp, a7, analyses, core.load_bench(results))
 
 

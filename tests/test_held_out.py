@@ -319,3 +319,24 @@ def test_a_rising_validation_loss_is_called_unsteady(chapter):
     ms["dense2"].records[1]["history"][1]["val_objective"] += 1.5  # above epoch 1
     assert held_out.largest_rise(ms)[0] == "dense2" and held_out.steadiness_case(ms) == "unsteady"
     assert held_out.convergence_values(ms, [], [], "en")["model"] == held_out.model_name("dense2", "en")
+
+
+def test_layer_trends_tell_a_deep_layer_over_fitting_from_one_still_learning():
+    def run(deep, exit_):
+        return {"history": [{"epoch": e + 1, "val_ppl_deep": d, "val_ppl_shallow": x}
+                            for e, (d, x) in enumerate(zip(deep, exit_))]}
+
+    falling = [9.0, 8.0, 7.5, 7.2, 7.0, 6.9]
+    turning = [9.0, 7.0, 6.8, 7.2, 7.8, 8.4]
+    split = {"A0.7": held_out.Model("A0.7", [run(turning, falling), run(turning, falling)], 50),
+             "dense1": held_out.Model("dense1", [run(falling, falling)], 50)}  # dense models are left out
+    trends = held_out.layer_trends(split)
+    assert trends["deep_epoch"] == 3 and trends["deep_min"] == pytest.approx(6.8) and trends["deep_last"] == 8.4
+    assert trends["exit_epoch"] == 6 and trends["epochs"] == 6
+    assert held_out.trends_case(trends) == "split"
+    assert held_out.trends_case(held_out.layer_trends(
+        {"A0.7": held_out.Model("A0.7", [run(falling, falling)], 50)})) == "together"
+    assert held_out.trends_case(held_out.layer_trends(
+        {"A0.7": held_out.Model("A0.7", [run(turning, turning)], 50)})) == "together"  # both turn
+    assert held_out.trends_case(held_out.layer_trends({"dense1": split["dense1"]})) == "absent"
+    assert held_out.trends_values(trends)["deep_last"] == "8.40"

@@ -518,6 +518,45 @@ def steadiness_case(ms: dict[str, Model]) -> str:
     return "steady" if largest_rise(ms)[1] <= STEADY_RISE else "unsteady"
 
 
+OVERFIT_RISE = 0.05  # a layer whose validation PPL ends 5% above its lowest has turned to over-fitting
+
+
+def layer_trends(check: dict[str, Model]) -> dict[str, float] | None:
+    """How the exit layer and the last layer of the early-exit models learn over a budget (mean over models and
+    seeds of the per-epoch validation PPL, no epoch selected): the epoch at which each is lowest, its lowest and
+    its last value. None when the budget has no early-exit model."""
+    runs = [r for m in check.values() if not m.dense for r in m.records]
+    if not runs:
+        return None
+    out = {}
+    for layer, name in (("deep", "val_ppl_deep"), ("exit", "val_ppl_shallow")):
+        curves = np.array([[h[name] for h in r["history"]] for r in runs])
+        out[f"{layer}_epoch"] = float(np.mean(curves.argmin(1) + 1))
+        out[f"{layer}_min"] = float(np.mean(curves.min(1)))
+        out[f"{layer}_last"] = float(np.mean(curves[:, -1]))
+    out["epochs"] = float(len(runs[0]["history"]))
+    return out
+
+
+def trends_case(trends: dict[str, float] | None) -> str:
+    """"split": the last layer turns to over-fitting (ends OVERFIT_RISE above its lowest) while the exit layer
+    is still at or near its lowest at the end; "together": not so; "absent": no early-exit model checked."""
+    if trends is None:
+        return "absent"
+    deep_turns = trends["deep_last"] > (1 + OVERFIT_RISE) * trends["deep_min"]
+    exit_learning = trends["exit_last"] <= (1 + OVERFIT_RISE) * trends["exit_min"]
+    return "split" if deep_turns and exit_learning else "together"
+
+
+def trends_values(trends: dict[str, float] | None) -> dict[str, str]:
+    if trends is None:
+        return {}
+    return {"epochs": f"{trends['epochs']:.0f}", "deep_epoch": f"{trends['deep_epoch']:.0f}",
+            "deep_min": f"{trends['deep_min']:.2f}", "deep_last": f"{trends['deep_last']:.2f}",
+            "exit_epoch": f"{trends['exit_epoch']:.0f}", "exit_min": f"{trends['exit_min']:.2f}",
+            "exit_last": f"{trends['exit_last']:.2f}"}
+
+
 def convergence_figure(ms: dict[str, Model], lang: str, checks: Sequence[dict[str, Model]] = ()):
     """Each model's validation loss of its own objective per unit of loss weight by epoch (mean over seeds): at
     the budget, and beside it at each larger budget checked (its models, over its seeds)."""

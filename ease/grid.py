@@ -22,7 +22,8 @@ the ones the book reads. A grid file looks like ``examples/grid.yaml``::
       - {setting: custom, alpha: null, weights: {1: 0.5, 3: 0.5}}
 
 Keys of ``base`` and of each entry are ``RunConfig`` fields (an entry overrides ``base``);
-``seed`` is not one of them, since ``seeds`` sets it. Every config runs once per seed; runs
+``seed`` is not one of them, since ``seeds`` sets it. An entry may also set its own ``seeds`` and
+``analyse`` (e.g. more seeds and analyses for the models a first round singled out). Every config runs once per seed; runs
 are ordered seed by seed (all of seed 0 first), so a stopped grid has whole seeds done, and a
 config listed twice runs once. ``sweep_thresholds`` takes a list of numbers as its value; to
 expand it give a list of such lists. ``--seeds N`` overrides the file's seeds, and ``--smoke``
@@ -144,13 +145,22 @@ def expand_grid(grid: dict, seeds: int | None = None, smoke: bool = False) -> li
     and the grid's; `smoke` shrinks every run to the `SMOKE` sizes. Raises GridError naming the first bad
     entry; nothing is run here.
     """
+    return [config for config, _ in _expand(grid, seeds, smoke)]
+
+
+def analyses_wanted(grid: dict, seeds: int | None = None, smoke: bool = False) -> dict[str, bool | str]:
+    """Per run id, the checkpoint analysis the grid asks for: its entry's `analyse`, else the grid's (true,
+    false or "validation"); an entry may ask for analyses that the rest of its grid does without."""
+    return {config.run_id: analyse for config, analyse in _expand(grid, seeds, smoke)}
+
+
+def _expand(grid: dict, seeds: int | None, smoke: bool) -> list[tuple[RunConfig, bool | str]]:
     if not isinstance(grid, dict):
         raise GridError(f"a grid must be a mapping with a 'runs' list, got {type(grid).__name__}")
     unknown = sorted(set(grid) - GRID_KEYS)
     if unknown:
         raise GridError(f"unknown grid key(s) {unknown}; a grid has {sorted(GRID_KEYS)}")
-    if not (isinstance(grid.get("analyse", False), bool) or grid["analyse"] == ANALYSE_VALIDATION):
-        raise GridError(f"grid 'analyse' must be true, false or {ANALYSE_VALIDATION}, got {grid['analyse']!r}")
+    grid_analyse = _analyse_value(grid.get("analyse", False), "grid 'analyse'")
     seed_list = _grid_seeds(grid.get("seeds", DEFAULT_SEEDS) if seeds is None else seeds)
     base = grid.get("base") or {}
     if not isinstance(base, dict):
@@ -159,7 +169,7 @@ def expand_grid(grid: dict, seeds: int | None = None, smoke: bool = False) -> li
     if not isinstance(entries, list) or not entries:
         raise GridError("grid 'runs' must be a non-empty list of entries (mappings of RunConfig fields)")
 
-    per_entry: list[tuple[list[int], list[dict[str, Any]]]] = []
+    per_entry: list[tuple[list[int], list[dict[str, Any]], bool | str]] = []
     for number, entry in enumerate(entries, start=1):
         where = f"grid entry {number} {entry!r}"
         if not isinstance(entry, dict):
@@ -170,6 +180,7 @@ def expand_grid(grid: dict, seeds: int | None = None, smoke: bool = False) -> li
         try:
             entry_seeds = _grid_seeds(fields.pop("seeds")) if "seeds" in fields and seeds is None else seed_list
             fields.pop("seeds", None)
+            analyse = _analyse_value(fields.pop("analyse"), "'analyse'") if "analyse" in fields else grid_analyse
             combos = _expand_entry(fields)
             for combo in combos:  # validate every combination now, before anything runs
                 config = RunConfig.from_dict({**combo, "seed": entry_seeds[0]})
@@ -177,17 +188,23 @@ def expand_grid(grid: dict, seeds: int | None = None, smoke: bool = False) -> li
                     smoke_config(config)
         except (GridError, ValueError) as exc:
             raise GridError(f"{where}: {exc}") from None
-        per_entry.append((entry_seeds, combos))
+        per_entry.append((entry_seeds, combos, analyse))
 
-    configs: dict[str, RunConfig] = {}
-    extra = sorted({s for entry_seeds, _ in per_entry for s in entry_seeds} - set(seed_list))
+    configs: dict[str, tuple[RunConfig, bool | str]] = {}
+    extra = sorted({s for entry_seeds, _, _ in per_entry for s in entry_seeds} - set(seed_list))
     for seed in seed_list + extra:
-        for entry_seeds, combos in per_entry:
+        for entry_seeds, combos, analyse in per_entry:
             if seed not in entry_seeds:
                 continue
             for combo in combos:
                 config = RunConfig.from_dict({**combo, "seed": seed})
                 if smoke:
                     config = smoke_config(config)
-                configs.setdefault(config.run_id, config)
+                configs.setdefault(config.run_id, (config, analyse))
     return list(configs.values())
+
+
+def _analyse_value(value: Any, where: str) -> bool | str:
+    if not (isinstance(value, bool) or value == ANALYSE_VALIDATION):
+        raise GridError(f"{where} must be true, false or {ANALYSE_VALIDATION}, got {value!r}")
+    return value

@@ -90,11 +90,11 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from ease.config import DOC_THRESHOLDS, RunConfig
-from ease.grid import (ANALYSE_VALIDATION, BOOK_GRIDS, SMOKE, GridError, builtin_grids, expand_grid, load_grid,
-                       smoke_config)
+from ease.grid import (ANALYSE_VALIDATION, BOOK_GRIDS, SMOKE, GridError, analyses_wanted, builtin_grids, expand_grid,
+                       load_grid, smoke_config)
 from ease.results import analysis_path, checkpoint_path, executed_path, find_record, record_path
 
 DEFAULT_RESULTS = "results"
@@ -500,8 +500,8 @@ def env_seconds(name: str, default: float) -> float:
 
 def run_grid(configs: Sequence[RunConfig], results_dir: str | Path = DEFAULT_RESULTS, scheduler: str | None = None,
              workers: int | None = None, device: str = "cpu", notebook: str | Path = TRAIN_NOTEBOOK,
-             progress: bool = True, lab_notebooks: bool = True, analyse: bool | str = False,
-             worker_timeout: float | None = None) -> GridSummary:
+             progress: bool = True, lab_notebooks: bool = True,
+             analyse: bool | str | Mapping[str, bool | str] = False, worker_timeout: float | None = None) -> GridSummary:
     """Run every config not finished yet through `notebook` on Dask; return what happened.
 
     `scheduler`: address of an existing Dask scheduler; None starts a local cluster of `workers`
@@ -509,7 +509,8 @@ def run_grid(configs: Sequence[RunConfig], results_dir: str | Path = DEFAULT_RES
     `lab_notebooks`: a finished run also needs its complete executed notebook (rendered from the
     record when missing or cut off); False: the record is enough. `analyse`: each run also needs its
     checkpoint analysis (ease.analysis), computed where missing (a grid asks for it with `analyse: true`;
-    "validation", from `analyse: validation`: the analysis without its held-out part).
+    "validation", from `analyse: validation`: the analysis without its held-out part; a mapping gives it per run
+    id, as ease.grid.analyses_wanted does).
     `worker_timeout`: seconds without any worker before WorkersLost (default $EASE_WORKER_TIMEOUT or 120).
     Raises SchedulerUnreachable when `scheduler` cannot be reached.
     """
@@ -553,7 +554,8 @@ def run_grid(configs: Sequence[RunConfig], results_dir: str | Path = DEFAULT_RES
 
 
 def _run_pending(pending: list[RunConfig], client, summary: GridSummary, bar, results_dir: Path, notebook_json: str,
-                 device: str, lab_notebooks: bool, analyse: bool | str, fingerprints: dict, worker_timeout: float) -> None:
+                 device: str, lab_notebooks: bool, analyse: bool | str | Mapping[str, bool | str], fingerprints: dict,
+                 worker_timeout: float) -> None:
     """Keep the workers busy with pending runs, one lock per run in flight, until none is left."""
     from distributed import wait
 
@@ -619,12 +621,14 @@ def _run_pending(pending: list[RunConfig], client, summary: GridSummary, bar, re
             lock.release()
 
 
-def _triage(config: RunConfig, summary: GridSummary, results_dir: Path, lab_notebooks: bool, analyse: bool | str,
-            fingerprint: str | Exception) -> RunWork | None:
+def _triage(config: RunConfig, summary: GridSummary, results_dir: Path, lab_notebooks: bool,
+            analyse: bool | str | Mapping[str, bool | str], fingerprint: str | Exception) -> RunWork | None:
     """The run's work, or None when there is none: finished (counted as skipped), or failed: its text
     cannot be had (`fingerprint` is that error) or its record is not valid here (the message names the
-    file, which is never overwritten)."""
+    file, which is never overwritten). `analyse`: as run_grid's."""
     error, work = (fingerprint, None) if isinstance(fingerprint, Exception) else (None, None)
+    if isinstance(analyse, Mapping):
+        analyse = analyse.get(config.run_id, False)
     if error is None:
         try:
             work = run_work(config, results_dir, lab_notebooks, analyse, fingerprint)
@@ -724,6 +728,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         names = list(BOOK_GRIDS) if args.book else args.grid or ["exp5-6"]
         grids = {name: load_grid(name) for name in names}
         configs_of = {name: expand_grid(grid, seeds=args.seeds, smoke=args.smoke) for name, grid in grids.items()}
+        analyses_of = {name: analyses_wanted(grid, seeds=args.seeds, smoke=args.smoke) for name, grid in grids.items()}
         data, fingerprints = preflight([c for configs in configs_of.values() for c in configs], results,
                                        args.device, args.scheduler, results_needed=not args.dry_run)
     except (GridError, PreflightError) as exc:
@@ -734,14 +739,14 @@ def main(argv: Iterable[str] | None = None) -> int:
 
     failed = False
     for name, configs in configs_of.items():
-        analyse = grids[name].get("analyse", False)
+        analyse = analyses_of[name]  # per run id: the entry's `analyse`, else the grid's
         # The book's appendix shows the lab notebook of every run of its main grid only.
         lab = not args.book or name == BOOK_GRIDS[0]
         print(f"grid {name}: {len(configs)} runs, results in {Path(results).resolve()}")
         if args.dry_run:
             for config in configs:
                 try:
-                    work = run_work(config, results, lab, analyse, fingerprints[text_key(config)])
+                    work = run_work(config, results, lab, analyse[config.run_id], fingerprints[text_key(config)])
                     state = "finished" if work is None else work.state
                 except ValueError as exc:
                     state = f"bad record: {one_line(exc)}"

@@ -134,6 +134,22 @@ def test_an_entry_may_set_its_own_seeds():
         expand_grid({"runs": [{"setting": "A", "seeds": 0}]})
 
 
+def test_an_entry_may_ask_for_its_own_analyses():
+    from ease.grid import analyses_wanted
+
+    grid = {"seeds": 2, "analyse": "validation",
+            "runs": [{"setting": "A"}, {"setting": "B", "seeds": 3, "analyse": True}, {"setting": "A", "alpha": 0.3,
+                                                                                  "analyse": False}]}
+    wanted = analyses_wanted(grid)
+    assert list(wanted) == [c.run_id for c in expand_grid(grid)]
+    by = {(c.setting, c.alpha, c.seed): wanted[c.run_id] for c in expand_grid(grid)}
+    assert by == {("A", 0.7, 0): "validation", ("A", 0.7, 1): "validation", ("A", 0.3, 0): False,
+                  ("A", 0.3, 1): False, ("B", 0.7, 0): True, ("B", 0.7, 1): True, ("B", 0.7, 2): True}
+    # `analyse` is not a run config field: the run ids are those of the grid without it
+    plain = {"seeds": 2, "runs": [{"setting": "A"}, {"setting": "B", "seeds": 3}, {"setting": "A", "alpha": 0.3}]}
+    assert [c.run_id for c in expand_grid(plain)] == list(wanted)
+
+
 def test_a_config_listed_twice_runs_once():
     grid = {"runs": [{"setting": "A", "alpha": [0.5, 0.7]}, {"setting": "A", "alpha": 0.7}]}
     configs = expand_grid(grid, seeds=2)
@@ -195,6 +211,7 @@ def test_shipped_example_grid_is_valid():
     ({"runs": []}, ["runs", "non-empty"]),
     ({"setting": "A"}, ["unknown grid key", "setting"]),
     ({"analyse": "yes", "runs": [{"setting": "A"}]}, ["analyse", "true, false or validation"]),
+    ({"runs": [{"setting": "A", "analyse": 1}]}, ["entry 1", "analyse", "true, false or validation"]),
     ([{"setting": "A"}], ["mapping"]),
 ])
 def test_bad_grids_are_rejected_with_a_clear_error(grid, words):
@@ -433,7 +450,7 @@ def test_analysis_stage_and_lab_notebooks_flag(tmp_path):
     # a grid that reads only the validation parts (`analyse: validation`) takes the analysis as it is, and
     # computes one without the held-out part where it is missing; a full analysis then computes that part again
     held = smoke(setting="A", test_chars=10_000)
-    validation = run_grid([held], results, workers=1, progress=False, analyse="validation")
+    validation = run_grid([held], results, workers=1, progress=False, analyse={held.run_id: "validation"})
     assert validation.ok and "test" not in load_analysis(held, results, held_out=False)
     assert load_analysis(held, results) is None
     assert run_grid([held], results, workers=1, progress=False, analyse="validation").skipped == [held.run_id]

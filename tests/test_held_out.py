@@ -252,6 +252,18 @@ def test_the_budget_doubles_while_validation_improves_and_waits_for_a_running_gr
     assert len(table) == 2 + len(ms) and table[0].count("|") == 2 + 3 + 1 + 1 + 1 + 2 + 1
     assert "(3 " in table[0] or "3シード" in table[0]  # the larger budget's seeds in its header
     assert held_out.convergence_figure(ms, lang, checks) is not None
+    # without the last doubling dense 1 is read at 4 epochs, A 0.7 stays at 4, the others at 2
+    regime = held_out.Regime(ms, checks, rows, models_, regime, waiting)
+    cap, top, capped = held_out.without_last_doubling(regime, folder, [twice, four])
+    assert (cap, top) == (4, 8)
+    assert {k: held_out.epochs(m) for k, m in capped.items()} == {**{k: 2 for k in ms}, "dense1": 4, "A0.7": 4}
+    comps, others = held_out.primary(models_), held_out.primary(capped)
+    changes = held_out.changed_verdicts(comps, others)
+    assert all(held_out.verdict(a) != held_out.verdict(b) for a, b in changes)
+    assert len(changes) == sum(held_out.verdict(a) != held_out.verdict(b) for a, b in zip(comps, others))
+    values = held_out.sensitivity_values(changes, cap, top, lang)
+    assert values["cap"] == "4" and all(held_out.fmt_text(b) in values["changes"] for _, b in changes)
+    assert held_out.without_last_doubling(held_out.Regime(ms, [], None, ms, "single", []), folder, [twice, four]) is None
     # a seed of the 4x grid still running: dense 1 waits at the largest finished budget below its choice
     from ease.grid import expand_grid, load_grid
     for config in expand_grid(load_grid(four)):

@@ -502,6 +502,37 @@ def primary_regime(results=None) -> Regime:
     return Regime(base, checks, budget, *at_chosen_budgets(base, budget, results))
 
 
+def without_last_doubling(regime: Regime, results=None,
+                          grids: Sequence[str] = CHECK_GRIDS) -> tuple[int, int, dict[str, Model]] | None:
+    """The models as they would be read without the last doubling of the budget: every model that chose the
+    largest budget any model chose (`top`) read at the budget below it (`cap`) instead. Returns (cap, top,
+    models), or None when every model stays at the converged grid's budget."""
+    if regime.budget is None:
+        return None
+    top = max(r["chosen"] for r in regime.budget)
+    below = [e for e in [epochs(regime.base["A0.7"])] + [epochs(next(iter(c.values()))) for c in regime.checks]
+             if e < top]
+    if not below:
+        return None
+    cap = max(below)
+    capped = [{**r, "chosen": min(r["chosen"], cap)} for r in regime.budget]
+    return cap, top, at_chosen_budgets(regime.base, capped, results, grids)[0]
+
+
+def changed_verdicts(comps: Sequence[Comparison], others: Sequence[Comparison]) -> list[tuple[Comparison, Comparison]]:
+    """The primary comparisons whose verdict differs between two readings (pairs: this one, the other one)."""
+    return [(a, b) for a, b in zip(comps, others) if a.code == b.code and verdict(a) != verdict(b)]
+
+
+def sensitivity_values(changes: Sequence[tuple[Comparison, Comparison]], cap: int, top: int, lang: str) -> dict:
+    words = core.labels(lang)
+    item, sep = words["held_out"]["changed_verdict"], words["held_out"]["changed_sep"]
+    return {"cap": str(cap), "top": str(top),
+            "changes": sep.join(item.format(question=words["held_out"]["comparisons"][b.code],
+                                            verdict=words["verdict"][verdict(b)], interval=fmt_text(b),
+                                            now=words["verdict"][verdict(a)]) for a, b in changes)}
+
+
 STEADY_RISE = 0.01  # nats: a validation loss that never rises by more than this from epoch to epoch is steady
 
 

@@ -85,14 +85,19 @@ def models(grid: str = GRID, results=None, early_exit=EARLY_EXIT, dense=DENSE,
     for setting, alpha in early_exit:
         key = f"{setting}{alpha:g}"
         recs = core.select(records, setting=setting, alpha=alpha)
-        held = [analyses[r["run_id"]]["test"] for r in recs] if analyses else None
-        for r, h in zip(recs, held or []):
-            if h["tokens"] != r["test"]["tokens"] or h["blocks"] != r["test"]["blocks"]:
-                raise ValueError(f"the analysis of {r['run_id']} read other test text than its record")
-        out[key] = Model(key, recs, *vocab, held)
+        out[key] = Model(key, recs, *vocab, held_out_parts(recs, analyses) if analyses else None)
     for depth in dense:
         out[f"dense{depth}"] = Model(f"dense{depth}", core.select(records, setting="custom", n_layers=depth), *vocab)
     return out
+
+
+def held_out_parts(records: Sequence[dict], analyses: dict[str, dict]) -> list[dict]:
+    """Each record's analysis `test` part, checked to have read the same test text as the record."""
+    held = [analyses[r["run_id"]]["test"] for r in records]
+    for r, h in zip(records, held):
+        if h["tokens"] != r["test"]["tokens"] or h["blocks"] != r["test"]["blocks"]:
+            raise ValueError(f"the analysis of {r['run_id']} read other test text than its record")
+    return held
 
 
 # --- per-seed statistics on (resampled) test text: f(weights) -> [seeds] or [seeds, replicates] -----------
@@ -449,11 +454,7 @@ def model_at(grid: str, key: str, seeds: Sequence[int], vocab_size: int, results
         analyses = core.grid_analyses(records, results)
     except LookupError:
         return None
-    held = [analyses[r["run_id"]]["test"] for r in records]
-    for r, h in zip(records, held):
-        if h["tokens"] != r["test"]["tokens"] or h["blocks"] != r["test"]["blocks"]:
-            raise ValueError(f"the analysis of {r['run_id']} read other test text than its record")
-    return Model(key, records, vocab_size, held)
+    return Model(key, records, vocab_size, held_out_parts(records, analyses))
 
 
 def at_chosen_budgets(ms: dict[str, Model], budget: Sequence[dict] | None, results=None,

@@ -25,14 +25,12 @@ test: setup
 # document's other cells (acceptance against alpha and setting).
 BENCH_DECODE_BOOK := --drafts 1 2 4 8 --grouped --models default large A0.3 A0.5 B0.7
 
-# Discard the canonical records and re-run every run from scratch, then rebuild the book. converged-4x is
-# the held-out chapter's second budget check (not yet complete enough to be a book grid).
+# Discard the canonical records and re-run every run from scratch, then rebuild the book.
 # The decoding benchmark trains its models into RESULTS/bench (about 20 min on a quiet core) and needs
 # quiet cores for its timings.
 reproduce: setup
 	rm -rf $(RESULTS)/runs $(RESULTS)/executed $(RESULTS)/analysis $(RESULTS)/bench
 	$(PY) -m ease.pipeline --book --results $(RESULTS)
-	$(PY) -m ease.pipeline --grid converged-4x --results $(RESULTS)
 	$(PY) benchmarks/bench_decode.py $(BENCH_DECODE_BOOK) --json $(RESULTS)/bench/decode.json
 	$(PY) book/build.py --results $(RESULTS)
 

@@ -8,6 +8,7 @@ of 3 costs a third). The record's metrics are the sweep's row at the run's opera
 from __future__ import annotations
 
 import json
+import math
 
 from ease.config import RunConfig
 
@@ -26,6 +27,18 @@ def sweep(config: RunConfig, ppl: float, power: float) -> list[dict]:
     return rows
 
 
+def test_part(metrics: dict, rows: list[dict], ppl: float, tokens: int = 1000) -> dict:
+    """A record's `test` part for test text that reads as the validation text (`metrics`, sweep `rows`)."""
+    ce = tokens * math.log(ppl)  # the last layer's summed cross-entropy; layer 1's PPL is three times it
+    return {"unknown_chars": 0, "tokens": tokens, "blocks": 1,
+            "metrics": {k: metrics[k] for k in ("ppl", "shallow_frac", "compute_frac", "ppl_shallow", "ppl_deep")},
+            "sweep": rows, "oracles": {"label_ppl": ppl, "consistency_ppl": ppl, "consistency_shallow_frac": 0.0},
+            "block_sums": {"tokens": [tokens], "ce_exit": [tokens * math.log(3 * ppl)], "ce_last": [ce],
+                           "ce_label_oracle": [ce], "consistency_exits": [0], "ce_consistency": [ce],
+                           "sweep_exits": [[round(tokens * r["shallow_frac"])] for r in rows],
+                           "sweep_ce": [[tokens * math.log(r["ppl"])] for r in rows]}}
+
+
 def record(config: RunConfig, ppl: float, power: float, epochs: int, sweep_ppl: float | None = None,
            **fields) -> dict:
     """A run record whose last layer has PPL `ppl` and layer 1 three times that; trained `epochs` epochs
@@ -38,5 +51,7 @@ def record(config: RunConfig, ppl: float, power: float, epochs: int, sweep_ppl: 
                        "eval_tokens": 1000},
            "sweep": sweep(config, ppl if sweep_ppl is None else sweep_ppl, power),
            "history": [], "env": {}, "timing": {"train_s": 1.0, "eval_s": 0.1, "tokens_per_s": 1.0}}
+    if config.test_chars:  # a run that also read the test split: designed as its validation text, in one block
+        out["test"] = test_part(out["metrics"], out["sweep"], ppl)
     out.update(fields)
     return out

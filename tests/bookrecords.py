@@ -27,7 +27,7 @@ def sweep(config: RunConfig, ppl: float, power: float) -> list[dict]:
     return rows
 
 
-def test_part(metrics: dict, rows: list[dict], ppl: float, tokens: int = 1000) -> dict:
+def designed_test_part(metrics: dict, rows: list[dict], ppl: float, tokens: int = 1000) -> dict:
     """A record's `test` part for test text that reads as the validation text (`metrics`, sweep `rows`)."""
     ce = tokens * math.log(ppl)  # the last layer's summed cross-entropy; layer 1's PPL is three times it
     return {"unknown_chars": 0, "tokens": tokens, "blocks": 1,
@@ -52,6 +52,6 @@ def record(config: RunConfig, ppl: float, power: float, epochs: int, sweep_ppl: 
            "sweep": sweep(config, ppl if sweep_ppl is None else sweep_ppl, power),
            "history": [], "env": {}, "timing": {"train_s": 1.0, "eval_s": 0.1, "tokens_per_s": 1.0}}
     if config.test_chars:  # a run that also read the test split: designed as its validation text, in one block
-        out["test"] = test_part(out["metrics"], out["sweep"], ppl)
+        out["test"] = designed_test_part(out["metrics"], out["sweep"], ppl)
     out.update(fields)
     return out

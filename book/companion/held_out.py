@@ -28,6 +28,7 @@ from companion import core
 
 GRID = "converged"
 CHECK_GRIDS = ("converged-2x", "converged-4x")  # its budget doubled, then doubled again
+DOCUMENT_GRIDS = ("exp5-6", "dense")  # the document's regime: its stopping rule, its validation text; test read once
 OPERATING = 0.95  # the document's operating threshold
 EARLY_EXIT = (("A", 0.3), ("A", 0.5), ("A", 0.7), ("B", 0.7))
 DENSE = (1, 2, 3)
@@ -781,6 +782,14 @@ def oracle_table(rows: Sequence[dict], lang: str) -> str:
                     h["ppl_last"]: core.fmt_stat(row["last"], "ppl"),
                     h["label"]: core.fmt_stat(row["label"], "ppl")})
     return core.markdown_table(pd.DataFrame(out))
+
+
+def document_models(vocab_size: int, results=None) -> dict[str, Model]:
+    """The document's regime (DOCUMENT_GRIDS: its early-exit cells and the dense models, stopped at the first
+    worse epoch), read from the records alone (their analyses cover the validation text only)."""
+    doc, dense = DOCUMENT_GRIDS
+    return {**models(doc, results, dense=(), vocab_size=vocab_size),
+            **models(dense, results, early_exit=(), vocab_size=vocab_size)}
 
 
 def optimism_rows(ms: dict[str, Model]) -> list[dict]:

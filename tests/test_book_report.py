@@ -269,6 +269,18 @@ def test_document_consistency():
     assert len(table.splitlines()) == 2 + len(rows) and "設定A、α=0.7、閾値0.50" in table
 
 
+@pytest.mark.parametrize("diffs, case, values", [
+    ((-0.81, -0.89, -0.85), "lower", {"lo": "0.81", "hi": "0.89"}),
+    ((0.12, 0.04), "higher", {"lo": "0.04", "hi": "0.12"}),
+    ((-0.3, 0.1), "mixed", {"lo": "-0.30", "hi": "+0.10"}),
+])
+def test_the_validation_caveat_says_which_way_the_test_text_reads(diffs, case, values):
+    from ease.stats import Stat
+
+    rows = [{"key": f"m{i}", "diff": Stat(d, 0.05, 5)} for i, d in enumerate(diffs)]
+    assert caveats.optimism_case(rows) == (case, values)
+
+
 def test_runs_table_links_every_run(ordered):
     table = appendix.runs_table(ordered, "en")
     assert len(table.splitlines()) == 2 + len(ordered.records())

@@ -325,18 +325,23 @@ def test_every_new_table_and_figure_renders_from_the_designed_grid(chapter, lang
     assert held_out.rules_figure(ms, lang) is not None
 
 
-def test_the_document_regime_is_read_from_its_records_alone(tmp_path):
-    """Validation against test under the document's rule: the exp5-6 and dense grids' records, no analyses."""
+def test_the_document_regime_is_read_from_its_records_and_validation_analyses(tmp_path, monkeypatch):
+    """Validation against test under the document's rule: the exp5-6 and dense grids' records, and exp5-6's
+    analyses without a held-out part."""
+    monkeypatch.setattr("ease.analysis.ANALYSIS_VERSION", 1)
     for grid in held_out.DOCUMENT_GRIDS:
         write_grid(tmp_path, grid, OFFSETS)
-    for path in analysis_path(tmp_path, "x").parent.glob("*.json"):
-        path.unlink()  # their analyses cover the validation text only: the table must not need them
+    for path in analysis_path(tmp_path, "x").parent.glob("*.json"):  # analysed on validation text only
+        analysis = json.loads(path.read_text())
+        analysis.pop("test", None)
+        write_json(path, analysis)
     shifted = [c for c in expand_grid(load_grid("exp5-6")) if (c.setting, c.alpha) == ("A", 0.7)]
     for c in shifted:  # A 0.7 measured 0.5 worse on validation than on test, seed by seed
         record = json.loads(record_path(tmp_path, c.run_id).read_text())
         record["metrics"]["ppl"] = record["test"]["metrics"]["ppl"] + 0.5
         write_json(record_path(tmp_path, c.run_id), record)
-    ms = held_out.document_models(50, tmp_path)
+    ms = held_out.document_models(tmp_path)
+    assert {m.vocab_size for m in ms.values()} == {50}
     assert list(ms) == ["A0.3", "A0.5", "A0.7", "B0.7", "dense1", "dense2", "dense3"]
     assert [len(m.records) for m in ms.values()] == [5] * 7
     rows = {row["key"]: row for row in held_out.optimism_rows(ms)}

@@ -5,6 +5,8 @@ network, any other all of it. Every row of the document's result tables is check
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import pandas as pd
 
 from ease.exits import layer_compute_frac
@@ -58,3 +60,14 @@ def consistency_table(published: dict, lang: str) -> str:
                      h["shallow"]: f"{r['shallow_pct']:.1f}%", h["printed"]: f"{r['compute_pct']:.1f}%",
                      h["implied"]: f"{implied:.2f}%", h["difference"]: f"{r['compute_pct'] - implied:+.2f}"})
     return core.markdown_table(pd.DataFrame(rows))
+
+
+def optimism_case(rows: Sequence[dict]) -> tuple[str, dict[str, str]]:
+    """How the same runs read on the test split against the validation text that chose their epoch (rows of
+    held_out.optimism_rows): 'lower' or 'higher' on test for every model, else 'mixed'; with the range of the
+    per-model mean differences (their sizes for 'lower' and 'higher', signed for 'mixed')."""
+    diffs = [row["diff"].mean for row in rows]
+    if all(d < 0 for d in diffs) or all(d > 0 for d in diffs):
+        sizes = sorted(abs(d) for d in diffs)
+        return ("lower" if diffs[0] < 0 else "higher"), {"lo": f"{sizes[0]:.2f}", "hi": f"{sizes[-1]:.2f}"}
+    return "mixed", {"lo": f"{min(diffs):+.2f}", "hi": f"{max(diffs):+.2f}"}

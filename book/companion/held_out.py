@@ -784,12 +784,17 @@ def oracle_table(rows: Sequence[dict], lang: str) -> str:
     return core.markdown_table(pd.DataFrame(out))
 
 
-def document_models(vocab_size: int, results=None) -> dict[str, Model]:
+def document_models(results=None) -> dict[str, Model]:
     """The document's regime (DOCUMENT_GRIDS: its early-exit cells and the dense models, stopped at the first
-    worse epoch), read from the records alone (their analyses cover the validation text only)."""
+    worse epoch), read from the records; the early-exit runs' analyses, which cover the validation text only,
+    give the vocabulary size."""
     doc, dense = DOCUMENT_GRIDS
-    return {**models(doc, results, dense=(), vocab_size=vocab_size),
-            **models(dense, results, early_exit=(), vocab_size=vocab_size)}
+    analyses = core.grid_analyses(core.grid_records(doc, results), results, held_out=False)
+    vocab = {a["vocab_size"] for a in analyses.values()}
+    if len(vocab) != 1:
+        raise ValueError(f"the runs of grid {doc!r} have vocabularies of different sizes {sorted(vocab)}")
+    (size,) = vocab
+    return {**models(doc, results, dense=(), vocab_size=size), **models(dense, results, early_exit=(), vocab_size=size)}
 
 
 def optimism_rows(ms: dict[str, Model]) -> list[dict]:

@@ -255,6 +255,9 @@ def test_landing_summarises_every_chapter(results, published):
     assert text["gl_claims"] == "**reproduced**: 1, 2, 3; **not reproduced**: 4"
     assert landing.texts(g, "ja")["gl_claims"] == "主張1・2・3は**再現**、主張4は**非再現**"
     assert (text["gl_fx_verdict"], text["gl_fx_closer"], text["gl_fx_numbers"]) == ("supported", "26", "26")
+    # designed: the placeholder runs sit on the published numbers; the landing page says what the chapter says
+    assert g.fx_fit == {"A": "placeholder", "B": "placeholder"}
+    assert g.fx_fit == {s: forensics.setting_case(forensics.load(results).fits, s) for s in ("A", "B")}
     assert (text["gl_equal_wins"], text["gl_equal_pairs"]) == ("8", "8")
     assert g.real.gap.verdict == REPRODUCED and g.real.gap.stat.mean == pytest.approx(0.5)
     assert (text["gl_large_speedup"], text["gl_large_theory"], text["gl_large_layers"]) == ("1.80×", "2.00×", "12")

@@ -24,6 +24,7 @@ class Glance:
     fx_verdict: str  # the placeholder hypothesis
     fx_closer: int  # published numbers closer to the placeholder runs
     fx_numbers: int
+    fx_fit: dict[str, str]  # per setting, which corpus's runs its published numbers fit (forensics.setting_case)
     equal_wins: int  # early exit better than the smaller dense model at its compute
     equal_pairs: int  # comparisons below full compute
     real: real_exit.RealExit  # its gap (real − simulated PPL) and the benchmark's large model
@@ -49,7 +50,8 @@ def load(grid: core.Grid, published: dict, results=None) -> Glance:
     smaller = [r for r in beyond.equal_compute(exp, core.grid_records("dense", results)) if r.compute < 1]
     return Glance(grid, experiments.alpha_results(grid, published), claims.evaluate(grid.records()),
                   claims.evaluate(exp), forensics.placeholder_verdict(fx), sum(m.closer == "placeholder" for m in fx),
-                  len(fx), sum(r.comparison.verdict == REPRODUCED for r in smaller), len(smaller),
+                  len(fx), {s: forensics.setting_case(forensics.fits(fx), s) for s in ("A", "B")},
+                  sum(r.comparison.verdict == REPRODUCED for r in smaller), len(smaller),
                   real_exit.load(results))
 
 

@@ -51,7 +51,8 @@ DEFAULT_SEEDS = 3
 GRIDS_PACKAGE = "ease.grids"
 # The grids the book reads, in the order `--book` runs them. Only the first one's runs get lab
 # notebooks in the book's appendix; the others need their records and analyses.
-BOOK_GRIDS = ("exp5-6", "forensics", "dense", "regimes", "alpha", "converged", "converged-2x", "converged-4x")
+BOOK_GRIDS = ("exp5-6", "forensics", "dense", "regimes", "alpha", "converged", "converged-2x", "converged-4x",
+              "multi-exit")
 GRID_KEYS = {"description", "seeds", "base", "runs", "analyse"}
 ANALYSE_VALIDATION = "validation"  # `analyse: validation`: analyses without their costly held-out (test) part
 LIST_FIELDS = ("sweep_thresholds", "exits")  # RunConfig fields whose one value is a list: a list of lists is the choice

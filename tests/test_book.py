@@ -31,6 +31,7 @@ CJK = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 EXPECTED = {"index": (0, 0), "goal": (0, 0), "setup": (3, 1), "architecture": (0, 1), "exp5": (2, 2),
             "exp6": (2, 1), "discussion": (1, 0), "caveats": (1, 0), "references": (0, 0),
             "forensics": (6, 1), "claims": (3, 0), "held_out": (10, 3), "calibration": (1, 1), "beyond": (3, 3), "real_exit": (2, 1),
+            "multi_exit": (3, 1),
             "appendix/notebooks": (1, 0)}
 BAD_CELLS = {"", "nan", "none", "inf", "-inf", "null"}
 

@@ -75,10 +75,11 @@ class Model:
 
 
 def models(grid: str = GRID, results=None, early_exit=EARLY_EXIT, dense=DENSE,
-           vocab_size: int | None = None) -> dict[str, Model]:
-    """The grid's models; with `vocab_size` given (a grid without analyses) no analysis is read."""
+           vocab_size: int | None = None, held_out: bool = True) -> dict[str, Model]:
+    """The grid's models; with `vocab_size` given (a grid without analyses) no analysis is read; `held_out`
+    False: the analyses give the vocabulary size only (a grid analysed on validation text serves)."""
     records = core.grid_records(grid, results)
-    analyses = core.grid_analyses(records, results) if vocab_size is None else {}
+    analyses = core.grid_analyses(records, results, held_out) if vocab_size is None else {}
     vocab = {a["vocab_size"] for a in analyses.values()} or {vocab_size}
     if len(vocab) != 1:
         raise ValueError(f"the runs of grid {grid!r} have vocabularies of different sizes {sorted(vocab)}")
@@ -86,7 +87,7 @@ def models(grid: str = GRID, results=None, early_exit=EARLY_EXIT, dense=DENSE,
     for setting, alpha in early_exit:
         key = f"{setting}{alpha:g}"
         recs = core.select(records, setting=setting, alpha=alpha)
-        out[key] = Model(key, recs, *vocab, held_out_parts(recs, analyses) if analyses else None)
+        out[key] = Model(key, recs, *vocab, held_out_parts(recs, analyses) if analyses and held_out else None)
     for depth in dense:
         out[f"dense{depth}"] = Model(f"dense{depth}", core.select(records, setting="custom", n_layers=depth), *vocab)
     return out
@@ -789,12 +790,9 @@ def document_models(results=None) -> dict[str, Model]:
     worse epoch), read from the records; the early-exit runs' analyses, which cover the validation text only,
     give the vocabulary size."""
     doc, dense = DOCUMENT_GRIDS
-    analyses = core.grid_analyses(core.grid_records(doc, results), results, held_out=False)
-    vocab = {a["vocab_size"] for a in analyses.values()}
-    if len(vocab) != 1:
-        raise ValueError(f"the runs of grid {doc!r} have vocabularies of different sizes {sorted(vocab)}")
-    (size,) = vocab
-    return {**models(doc, results, dense=(), vocab_size=size), **models(dense, results, early_exit=(), vocab_size=size)}
+    early = models(doc, results, dense=(), held_out=False)
+    size = next(iter(early.values())).vocab_size
+    return {**early, **models(dense, results, early_exit=(), vocab_size=size)}
 
 
 def optimism_rows(ms: dict[str, Model]) -> list[dict]:

@@ -48,9 +48,10 @@ def load(grid: core.Grid, published: dict, results=None) -> Glance:
     exp = core.grid_records("exp5-6", results)
     fx = forensics.matches(core.grid_records("forensics", results), published)
     smaller = [r for r in beyond.equal_compute(exp, core.grid_records("dense", results)) if r.compute < 1]
+    fits = forensics.fits(fx)
     return Glance(grid, experiments.alpha_results(grid, published), claims.evaluate(grid.records()),
                   claims.evaluate(exp), forensics.placeholder_verdict(fx), sum(m.closer == "placeholder" for m in fx),
-                  len(fx), {s: forensics.setting_case(forensics.fits(fx), s) for s in ("A", "B")},
+                  len(fx), {s: forensics.setting_case(fits, s) for s in ("A", "B")},
                   sum(r.comparison.verdict == REPRODUCED for r in smaller), len(smaller),
                   real_exit.load(results))
 
